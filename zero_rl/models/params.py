@@ -1,0 +1,59 @@
+"""Creating models abstractly or directly sharded, and their logical axes."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from zero_rl import sharding
+from zero_rl.models.config import ModelConfig
+from zero_rl.models.transformer import Transformer
+
+
+def _axes_of(path, variable) -> tuple[str, ...]:
+    names = variable.get_metadata()["logical_axes"]
+    if path and path[0] == "layers":
+        names = ("layers", *names)
+    if len(names) != len(variable.value.shape):
+        raise ValueError(f"parameter {path} has shape {variable.value.shape} but axes {names}")
+    return names
+
+
+def logical_axes(params: nnx.State) -> nnx.State:
+    """The logical-axis tuple of every parameter; stacked block weights gain a leading "layers"."""
+    return nnx.map_state(_axes_of, params)
+
+
+def abstract_params(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params) with ShapeDtypeStruct leaves: shapes of a full-size model, no memory."""
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> nnx.State:
+    """NamedSharding of every parameter under `rules` on `mesh`."""
+    _, abstract = abstract_params(cfg)
+    return nnx.map_state(
+        lambda path, var: sharding.named_sharding(
+            _axes_of(path, var), var.value.shape, mesh, rules
+        ),
+        abstract,
+    )
+
+
+def create_model(
+    cfg: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES
+) -> Transformer:
+    """A randomly initialised model; with a mesh, each parameter is created already sharded."""
+    if mesh is None:
+        return Transformer(cfg, rngs=nnx.Rngs(seed))
+    graphdef, _ = abstract_params(cfg)
+    shardings = param_shardings(cfg, mesh, rules)
+
+    @jax.jit
+    def init():
+        return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))[1]
+
+    params = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, params)

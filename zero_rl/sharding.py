@@ -1,0 +1,139 @@
+"""Device mesh and logical-axis sharding rules.
+
+The model names every parameter axis and key activations with logical names ("embed", "mlp",
+"heads", ...). One rules table maps logical names to the mesh axes `data`, `fsdp`, `tensor`, so a
+new sharding layout is a config change, not a model change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or tuple of mesh axes, or None for replicated). The batch is split
+# over data and fsdp (FSDP is data parallel with sharded weights); weights are sharded over fsdp
+# on their embed axis and over tensor on their heads/mlp/vocab axis (Megatron-style).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("cache_length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("act_embed", None),
+)
+
+_ACTIVE: dict = {"mesh": None, "rules": None}
+
+
+def make_mesh(
+    axis_sizes: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh. One size may be -1 (takes the remaining devices).
+
+    Unnamed axes default to 1, except fsdp which defaults to -1, so `make_mesh()` is pure FSDP.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {"data": 1, "fsdp": -1, "tensor": 1} | dict(axis_sizes or {})
+    if unknown := set(sizes) - set(MESH_AXES):
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid: {MESH_AXES}")
+    if list(sizes.values()).count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if len(devices) % known:
+        raise ValueError(f"mesh {sizes} does not divide {len(devices)} devices")
+    sizes = {k: (len(devices) // known if v == -1 else v) for k, v in sizes.items()}
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(
+            f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}"
+        )
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    try:
+        device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # Fake CPU devices and odd shapes have no physical topology to follow.
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], rules: Sequence[tuple[str, object]] = DEFAULT_RULES
+) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in logical_axes:
+        if name is not None and name not in table:
+            raise ValueError(
+                f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}"
+            )
+        target = None if name is None else table[name]
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*out)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes that do not divide a dimension (e.g. 2 kv heads over tensor=4)."""
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        kept = []
+        for a in axes:
+            if dim % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[a]) == 0:
+                kept.append(a)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*out)
+
+
+def named_sharding(
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, object]] = DEFAULT_RULES,
+) -> NamedSharding:
+    return NamedSharding(mesh, _fit_spec(logical_to_spec(logical_axes, rules), shape, mesh))
+
+
+def tree_shardings(abstract_tree, logical_tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a pytree of arrays given a matching pytree of logical-axis tuples."""
+    return jax.tree.map(
+        lambda x, axes: named_sharding(axes, x.shape, mesh, rules),
+        abstract_tree,
+        logical_tree,
+        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str | None) for a in x),
+    )
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules=DEFAULT_RULES) -> Iterator[None]:
+    """Within this context, `constrain` pins activations to the mesh (read at trace time)."""
+    saved = dict(_ACTIVE)
+    _ACTIVE.update(mesh=mesh, rules=rules)
+    try:
+        yield
+    finally:
+        _ACTIVE.update(saved)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
+    mesh = _ACTIVE["mesh"]
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(
+        x, named_sharding(logical_axes, x.shape, mesh, _ACTIVE["rules"])
+    )
