@@ -36,7 +36,7 @@ class RMSNorm(nnx.Module):
         # Normalise in fp32 and cast back, as the HF reference implementations do.
         x32 = x_btd.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32.astype(x_btd.dtype) * self.scale.value.astype(x_btd.dtype)).astype(x_btd.dtype)
+        return (x32.astype(x_btd.dtype) * self.scale[...].astype(x_btd.dtype)).astype(x_btd.dtype)
 
 
 def rope_inv_frequencies(cfg: ModelConfig) -> jax.Array:
@@ -116,9 +116,9 @@ class Attention(nnx.Module):
 
     def _project(self, x_btd, name):
         dt = self.cfg.compute_dtype
-        y = jnp.einsum("btd,dhk->bthk", x_btd, getattr(self, name + "_proj").value.astype(dt))
+        y = jnp.einsum("btd,dhk->bthk", x_btd, getattr(self, name + "_proj")[...].astype(dt))
         if self.cfg.qkv_bias:
-            y = y + getattr(self, name + "_bias").value.astype(dt)
+            y = y + getattr(self, name + "_bias")[...].astype(dt)
         return y
 
     def __call__(
@@ -167,7 +167,7 @@ class Attention(nnx.Module):
         out_bthk = jax.nn.dot_product_attention(
             q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask
         )
-        out = jnp.einsum("bthk,hkd->btd", out_bthk, self.o_proj.value.astype(cfg.compute_dtype))
+        out = jnp.einsum("bthk,hkd->btd", out_bthk, self.o_proj[...].astype(cfg.compute_dtype))
         return constrain(out, ("batch", "length", "act_embed")), new_cache
 
 
@@ -181,10 +181,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         dt = self.cfg.compute_dtype
-        gate = x_btd @ self.gate_proj.value.astype(dt)
-        up = x_btd @ self.up_proj.value.astype(dt)
+        gate = x_btd @ self.gate_proj[...].astype(dt)
+        up = x_btd @ self.up_proj[...].astype(dt)
         hidden_btf = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return hidden_btf @ self.down_proj.value.astype(dt)
+        return hidden_btf @ self.down_proj[...].astype(dt)
 
 
 class Block(nnx.Module):

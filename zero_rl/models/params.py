@@ -15,8 +15,10 @@ def _axes_of(path, variable) -> tuple[str, ...]:
     names = variable.get_metadata()["logical_axes"]
     if path and path[0] == "layers":
         names = ("layers", *names)
-    if len(names) != len(variable.value.shape):
-        raise ValueError(f"parameter {path} has shape {variable.value.shape} but axes {names}")
+    if len(names) != len(variable.get_value().shape):
+        raise ValueError(
+            f"parameter {path} has shape {variable.get_value().shape} but axes {names}"
+        )
     return names
 
 
@@ -36,7 +38,7 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=sharding.DEFAULT_RULES) 
     _, abstract = abstract_params(cfg)
     return nnx.map_state(
         lambda path, var: sharding.named_sharding(
-            _axes_of(path, var), var.value.shape, mesh, rules
+            _axes_of(path, var), var.get_value().shape, mesh, rules
         ),
         abstract,
     )

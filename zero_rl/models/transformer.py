@@ -69,7 +69,7 @@ class Transformer(nnx.Module):
 
     def head_weight(self) -> jax.Array:
         """The output projection [embed, vocab] (the transposed embedding when tied)."""
-        return self.embed.value.T if self.cfg.tie_embeddings else self.lm_head.value
+        return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
     def hidden_states(
         self,
@@ -84,7 +84,7 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-        x = self.embed.value[tokens_bt].astype(cfg.compute_dtype)
+        x = self.embed[...][tokens_bt].astype(cfg.compute_dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
         inv_freq = rope_inv_frequencies(cfg)
         graphdef, layer_params = nnx.split(self.layers)

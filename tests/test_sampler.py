@@ -1,0 +1,226 @@
+"""The sampler against a full-forward recomputation, NumPy truncation references, and a mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from zero_rl import sampler, sharding
+from zero_rl.models import ModelConfig, create_model, positions_from_mask, token_logprobs
+
+CFG = ModelConfig(
+    vocab_size=61,
+    embed_dim=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=64,
+    qkv_bias=True,
+)
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17], [20]]
+BUCKETS = (8, 16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model(CFG, seed=0)
+
+
+@jax.jit
+def _last_logits(graphdef, params, tokens_bt):
+    return nnx.merge(graphdef, params)(tokens_bt)[:, -1]
+
+
+def _greedy_reference(model, prompt, n):
+    graphdef, params = nnx.split(model)
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(jnp.argmax(_last_logits(graphdef, params, jnp.asarray([seq]))[0])))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_greedy_equals_stepwise_argmax_of_full_forward(window):
+    model = create_model(CFG.replace(sliding_window=window), seed=1)
+    out = sampler.generate(model, PROMPTS, max_new_tokens=7, temperature=0, prompt_buckets=BUCKETS)
+    for i, prompt in enumerate(PROMPTS):
+        np.testing.assert_array_equal(out.tokens_bn[i], _greedy_reference(model, prompt, 7))
+    assert out.lengths_b.tolist() == [7] * len(PROMPTS)
+    assert out.finish_reasons() == ["length"] * len(PROMPTS)
+
+
+def test_logprobs_equal_teacher_forced_training_logprobs(model):
+    out = sampler.generate(
+        model,
+        PROMPTS,
+        max_new_tokens=9,
+        temperature=0.7,
+        top_k=20,
+        rng=jax.random.key(3),
+        prompt_buckets=BUCKETS,
+    )
+    for i, prompt in enumerate(PROMPTS):
+        full = jnp.asarray([list(prompt) + out.tokens_bn[i].tolist()])
+        logp, _ = token_logprobs(model, full)
+        # The sampler's log-probs are under the policy at temperature 1, not the sampling one.
+        np.testing.assert_allclose(out.logprobs_bn[i], logp[0, len(prompt) :], atol=2e-5)
+
+
+def test_left_padding_and_batch_composition_do_not_change_outputs(model):
+    together = sampler.generate(
+        model, PROMPTS, max_new_tokens=6, temperature=0, prompt_buckets=BUCKETS
+    )
+    for i, prompt in enumerate(PROMPTS):
+        alone = sampler.generate(
+            model, [prompt], max_new_tokens=6, temperature=0, prompt_buckets=(16,)
+        )
+        np.testing.assert_array_equal(alone.tokens_bn[0], together.tokens_bn[i])
+        np.testing.assert_allclose(alone.logprobs_bn[0], together.logprobs_bn[i], atol=1e-5)
+
+
+def test_stop_tokens_end_responses_and_pad_after(model):
+    greedy = sampler.generate(
+        model, PROMPTS, max_new_tokens=8, temperature=0, prompt_buckets=BUCKETS
+    )
+    stop = int(greedy.tokens_bn[0, 2])  # make the first prompt's third token a stop token
+    out = sampler.generate(
+        model,
+        PROMPTS,
+        max_new_tokens=8,
+        temperature=0,
+        stop_token_ids=[stop],
+        pad_id=60,
+        prompt_buckets=BUCKETS,
+    )
+    for i in range(len(PROMPTS)):
+        row = greedy.tokens_bn[i].tolist()
+        expected_len = row.index(stop) + 1 if stop in row else 8
+        assert out.lengths_b[i] == expected_len
+        assert bool(out.stopped_b[i]) == (stop in row)
+        np.testing.assert_array_equal(out.tokens_bn[i, :expected_len], row[:expected_len])
+        assert (out.tokens_bn[i, expected_len:] == 60).all()
+        assert (out.logprobs_bn[i, expected_len:] == 0).all()
+    assert out.finish_reasons()[0] == "stop"
+
+
+def _numpy_truncate(logits, top_k, top_p):
+    out = logits.copy()
+    for row in out:
+        if top_k:
+            row[row < np.sort(row)[::-1][top_k - 1]] = -np.inf
+        if top_p < 1:
+            order = np.argsort(-row, kind="stable")
+            probs = np.exp(row[order] - row[order].max())
+            probs /= probs.sum()
+            keep = np.zeros(len(row), bool)
+            mass = 0.0
+            for idx, prob in zip(order, probs):
+                keep[idx] = True
+                mass += prob
+                if mass >= top_p:
+                    break
+            row[~keep] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.8), (0, 0.3), (7, 0.9), (1, 1.0)])
+def test_truncation_matches_numpy_reference(top_k, top_p):
+    logits = np.random.default_rng(0).normal(size=(6, 40)).astype(np.float32) * 2
+    got = np.asarray(sampler.truncate_logits(jnp.asarray(logits), top_k=top_k, top_p=top_p))
+    expected = _numpy_truncate(logits.astype(np.float64), top_k, top_p)
+    np.testing.assert_array_equal(got > -1e30, np.isfinite(expected))
+    np.testing.assert_allclose(got[np.isfinite(expected)], logits[np.isfinite(expected)])
+
+
+def test_sampled_tokens_stay_inside_the_truncated_set(model):
+    out = sampler.generate(
+        model, PROMPTS, max_new_tokens=5, top_k=3, rng=jax.random.key(0), prompt_buckets=BUCKETS
+    )
+    for i, prompt in enumerate(PROMPTS):
+        seq = list(prompt) + out.tokens_bn[i].tolist()
+        logits = model(jnp.asarray([seq]))[0]
+        for s in range(5):
+            top3 = np.argsort(-np.asarray(logits[len(prompt) - 1 + s]))[:3]
+            assert out.tokens_bn[i, s] in top3
+
+
+def test_group_samples_share_prefill_and_differ(model):
+    out = sampler.generate(
+        model,
+        PROMPTS[:2],
+        max_new_tokens=6,
+        num_samples=4,
+        rng=jax.random.key(5),
+        prompt_buckets=BUCKETS,
+    )
+    assert out.tokens_bn.shape == (8, 6)
+    for i, prompt in enumerate(PROMPTS[:2]):
+        rows = out.tokens_bn[4 * i : 4 * i + 4]
+        assert len({tuple(r.tolist()) for r in rows}) > 1
+        for r in range(4):
+            full = jnp.asarray([list(prompt) + rows[r].tolist()])
+            logp, _ = token_logprobs(model, full)
+            np.testing.assert_allclose(
+                out.logprobs_bn[4 * i + r], logp[0, len(prompt) :], atol=2e-5
+            )
+
+
+def test_no_recompilation_within_a_bucket(model):
+    rng = np.random.default_rng(0)
+    sampler.generate(
+        model, [[1, 2]] * 3, max_new_tokens=4, prompt_buckets=BUCKETS, batch_multiple=4
+    )
+    sizes = (sampler.prefill_jit._cache_size(), sampler.decode_jit._cache_size())
+    for trial in range(4):
+        prompts = [rng.integers(1, 60, size=rng.integers(1, 9)).tolist() for _ in range(3)]
+        sampler.generate(
+            model,
+            prompts,
+            max_new_tokens=4,
+            temperature=0.5 + trial / 10,
+            rng=jax.random.key(trial),
+            prompt_buckets=BUCKETS,
+            batch_multiple=4,
+        )
+    assert (sampler.prefill_jit._cache_size(), sampler.decode_jit._cache_size()) == sizes
+
+
+@pytest.mark.parametrize(
+    "axes", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}]
+)
+def test_sharded_greedy_equals_single_device(model, axes):
+    mesh = sharding.make_mesh(axes)
+    sharded = create_model(CFG, seed=0, mesh=mesh)
+    prompts = PROMPTS * 2
+    batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+    with sharding.activation_sharding(mesh):
+        out = sampler.generate(
+            sharded,
+            prompts,
+            max_new_tokens=6,
+            temperature=0,
+            prompt_buckets=BUCKETS,
+            batch_multiple=8,
+            input_sharding=batch,
+        )
+    ref = sampler.generate(model, prompts, max_new_tokens=6, temperature=0, prompt_buckets=BUCKETS)
+    np.testing.assert_array_equal(out.tokens_bn, ref.tokens_bn)
+    np.testing.assert_allclose(out.logprobs_bn, ref.logprobs_bn, atol=1e-5)
+
+
+def test_errors_name_the_problem(model):
+    with pytest.raises(ValueError, match="exceeds the largest bucket 8"):
+        sampler.generate(model, [list(range(1, 12))], max_new_tokens=2, prompt_buckets=(8,))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sampler.generate(model, [[1], []], max_new_tokens=2)
+    with pytest.raises(ValueError, match="top_p"):
+        sampler.generate(model, [[1]], max_new_tokens=2, top_p=0)
+
+
+def test_positions_from_mask_left_and_right_padding():
+    valid = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(
+        positions_from_mask(valid), [[-1, -1, 0, 1, 2], [0, 1, 2, -1, -1]]
+    )

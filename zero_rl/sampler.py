@@ -1,0 +1,269 @@
+"""In-process sampler: one jitted prefill, then a jitted `lax.while_loop` decode over a donated
+KV cache, reading the trainer's own params pytree (no copy, no weight sync).
+
+Shapes come from buckets (batch rows, prompt length), so a training run compiles the sampler
+once. The log-probs returned are under the policy at temperature 1 - what the RL loss needs as
+the behaviour log-probs - whatever temperature / top-k / top-p were used to draw the tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zero_rl.models.transformer import KVCache, Transformer
+from zero_rl.sharding import constrain
+
+DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+class SampleOutput(NamedTuple):
+    """Responses for `num_prompts * num_samples` rows, samples of a prompt adjacent.
+
+    tokens_bn: [rows, max_new_tokens] int32, `pad_id` after the end of each response.
+    logprobs_bn: [rows, max_new_tokens] float32, log p(token) at temperature 1 (0 after the end).
+    lengths_b: [rows] int32, response length including the stop token.
+    stopped_b: [rows] bool, True if a stop token ended the response, False if the cap did.
+    """
+
+    tokens_bn: jax.Array
+    logprobs_bn: jax.Array
+    lengths_b: jax.Array
+    stopped_b: jax.Array
+
+    def finish_reasons(self) -> list[str]:
+        return [FINISH_STOP if s else FINISH_LENGTH for s in np.asarray(self.stopped_b)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    num_samples: int
+    max_new_tokens: int
+    greedy: bool
+    top_k: int
+    top_p: float
+    stop_token_ids: tuple[int, ...]
+    pad_id: int
+    cache_dtype: str | None
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= n; an error naming the largest bucket if n does not fit."""
+    for b in sorted(buckets):
+        if b >= n:
+            return b
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; add a larger bucket")
+
+
+def truncate_logits(logits_bv: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Sets logits outside the top-k / nucleus (top-p) set to -inf.
+
+    Top-p keeps the smallest prefix of tokens sorted by probability whose mass reaches top_p
+    (the token that crosses the threshold is kept), as in Holtzman et al. 2020 and HF.
+    """
+    neg_inf = jnp.finfo(logits_bv.dtype).min
+    if top_k > 0:
+        kth = jax.lax.top_k(logits_bv, top_k)[0][:, -1:]
+        logits_bv = jnp.where(logits_bv < kth, neg_inf, logits_bv)
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Threshold = smallest logit still inside the nucleus.
+        kept = jnp.where(mass_before < top_p, sorted_desc, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits_bv = jnp.where(logits_bv < threshold, neg_inf, logits_bv)
+    return logits_bv
+
+
+def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
+    """Runs the prompt through the model once, then repeats the cache for each sample."""
+    model: Transformer = nnx.merge(graphdef, params)
+    b, p = prompt_bt.shape
+    cache_dtype = jnp.dtype(static.cache_dtype or model.cfg.compute_dtype)
+    cache = KVCache.empty(model.cfg, b, p + static.max_new_tokens, cache_dtype)
+    hidden, cache = model.hidden_states(prompt_bt, positions_bt, cache=cache, cache_index=0)
+    # Left padding puts every prompt's last token in the last column: only its logits are needed.
+    last_logits_bv = model.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)
+    g = static.num_samples
+    if g > 1:  # GRPO groups share one prefill; rows of a prompt are adjacent.
+        cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1 if x.ndim == 5 else 0), cache)
+        last_logits_bv = jnp.repeat(last_logits_bv, g, axis=0)
+    cache = KVCache(
+        constrain(cache.k, KVCache.LOGICAL_AXES),
+        constrain(cache.v, KVCache.LOGICAL_AXES),
+        constrain(cache.pos_bs, ("batch", "cache_length")),
+    )
+    next_pos_b = jnp.repeat(jnp.max(positions_bt, axis=1) + 1, g)
+    return cache, last_logits_bv, next_pos_b
+
+
+def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *, static: _Static):
+    """Samples up to max_new_tokens per row, stopping early once every row has finished."""
+    model: Transformer = nnx.merge(graphdef, params)
+    rows = logits_bv.shape[0]
+    n = static.max_new_tokens
+    prompt_len = cache.pos_bs.shape[1] - n
+    stop_ids = jnp.asarray(static.stop_token_ids or (-1,), jnp.int32)
+
+    def cond(state):
+        step, _, _, _, _, done_b, _ = state[:7]
+        return (step < n) & ~jnp.all(done_b)
+
+    def body(state):
+        step, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b = state
+        logp_all = jax.nn.log_softmax(logits_bv, axis=-1)
+        if static.greedy:
+            token_b = jnp.argmax(logits_bv, axis=-1)
+        else:
+            scaled = truncate_logits(
+                logits_bv / temperature, top_k=static.top_k, top_p=static.top_p
+            )
+            token_b = jax.random.categorical(jax.random.fold_in(rng, step), scaled, axis=-1)
+        token_b = token_b.astype(jnp.int32)
+        logp_b = jnp.take_along_axis(logp_all, token_b[:, None], axis=-1)[:, 0]
+        token_b = jnp.where(done_b, static.pad_id, token_b)
+        logp_b = jnp.where(done_b, 0.0, logp_b)
+        tokens_bn = jax.lax.dynamic_update_slice_in_dim(tokens_bn, token_b[:, None], step, 1)
+        logprobs_bn = jax.lax.dynamic_update_slice_in_dim(logprobs_bn, logp_b[:, None], step, 1)
+        is_stop = jnp.any(token_b[:, None] == stop_ids[None, :], axis=-1) & ~done_b
+        stopped_b = stopped_b | is_stop
+        done_b = done_b | is_stop
+        # Finished rows still run through the model (shapes are fixed) but write position -1,
+        # which no query attends to.
+        pos_b = jnp.where(done_b, -1, next_pos_b + step)
+        hidden, cache = model.hidden_states(
+            token_b[:, None], pos_b[:, None], cache=cache, cache_index=prompt_len + step
+        )
+        logits_bv = model.logits(hidden)[:, 0].astype(jnp.float32)
+        return step + 1, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b
+
+    state = (
+        jnp.int32(0),
+        cache,
+        logits_bv,
+        jnp.full((rows, n), static.pad_id, jnp.int32),
+        jnp.zeros((rows, n), jnp.float32),
+        next_pos_b < 0,  # dummy rows that pad the batch to its bucket are done from the start
+        jnp.zeros((rows,), bool),
+    )
+    step, cache, _, tokens_bn, logprobs_bn, _, stopped_b = jax.lax.while_loop(cond, body, state)
+    is_stop_bn = jnp.any(tokens_bn[:, :, None] == stop_ids, axis=-1)
+    first_stop_b = jnp.argmax(is_stop_bn, axis=-1)
+    lengths_b = jnp.where(stopped_b, first_stop_b + 1, jnp.minimum(step, n))
+    lengths_b = jnp.where(next_pos_b < 0, 0, lengths_b)
+    # The cache is returned only so its donated buffer is reused in place by the loop.
+    return SampleOutput(tokens_bn, logprobs_bn, lengths_b.astype(jnp.int32), stopped_b), cache
+
+
+# Module-level jits, so every call with the same bucket shapes hits the same compiled program.
+prefill_jit = jax.jit(_prefill, static_argnames=("graphdef", "static"))
+decode_jit = jax.jit(_decode, static_argnames=("graphdef", "static"), donate_argnames=("cache",))
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+    batch_multiple: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists into a bucketed [rows, length] array and positions (-1 on padding).
+
+    Rows are padded to a multiple of `batch_multiple` with empty prompts (position -1
+    everywhere), which the decoder treats as already finished.
+    """
+    if not prompts:
+        raise ValueError("no prompts given")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError(f"prompt {lengths.index(0)} is empty")
+    p = bucket(max(lengths), prompt_buckets)
+    rows = -(-len(prompts) // batch_multiple) * batch_multiple
+    tokens = np.full((rows, p), pad_id, np.int32)
+    positions = np.full((rows, p), -1, np.int32)
+    for i, ids in enumerate(prompts):
+        tokens[i, p - len(ids) :] = ids
+        positions[i, p - len(ids) :] = np.arange(len(ids))
+    return tokens, positions
+
+
+def generate(
+    model_or_params: Transformer | tuple[nnx.GraphDef, nnx.State],
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    rng: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop_token_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    num_samples: int = 1,
+    prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+    batch_multiple: int = 1,
+    cache_dtype: str | None = None,
+    input_sharding: jax.sharding.Sharding | None = None,
+) -> SampleOutput:
+    """Samples `num_samples` responses per prompt (rows of a prompt adjacent in the output).
+
+    Args:
+      model_or_params: an NNX Transformer or its `(graphdef, params)` split.
+      prompts: token-id lists (ragged); they are left-padded to a prompt-length bucket.
+      temperature: 0 means greedy decoding.
+      batch_multiple: pad the prompt batch to a multiple of this (e.g. the number of
+        data-parallel devices); padded rows are dropped from the output.
+    Returns:
+      SampleOutput with `len(prompts) * num_samples` rows.
+    """
+    if isinstance(model_or_params, Transformer):
+        graphdef, params = nnx.split(model_or_params)
+    else:
+        graphdef, params = model_or_params
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokens_bt, positions_bt = pad_prompts(
+        prompts, pad_id=pad_id, prompt_buckets=prompt_buckets, batch_multiple=batch_multiple
+    )
+    static = _Static(
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        greedy=temperature == 0,
+        top_k=int(top_k),
+        top_p=float(top_p),
+        stop_token_ids=tuple(int(t) for t in stop_token_ids),
+        pad_id=int(pad_id),
+        cache_dtype=cache_dtype,
+    )
+    if input_sharding is not None:
+        tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), input_sharding)
+    rng = jax.random.key(0) if rng is None else rng
+    cache, logits_bv, next_pos_b = prefill_jit(
+        graphdef, params, tokens_bt, positions_bt, static=static
+    )
+    out, _ = decode_jit(
+        graphdef,
+        params,
+        cache,
+        logits_bv,
+        next_pos_b,
+        rng,
+        jnp.float32(max(temperature, 1e-6)),
+        static=static,
+    )
+    keep = len(prompts) * num_samples
+    if out.tokens_bn.shape[0] == keep:
+        return out
+    return SampleOutput(*(x[:keep] for x in out))
