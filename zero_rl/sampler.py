@@ -224,6 +224,52 @@ def generate(
     Returns:
       SampleOutput with `len(prompts) * num_samples` rows.
     """
+    tokens_bt, positions_bt = pad_prompts(
+        prompts, pad_id=pad_id, prompt_buckets=prompt_buckets, batch_multiple=batch_multiple
+    )
+    if input_sharding is not None:
+        tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), input_sharding)
+    out = generate_padded(
+        model_or_params,
+        tokens_bt,
+        positions_bt,
+        max_new_tokens=max_new_tokens,
+        rng=rng,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop_token_ids=stop_token_ids,
+        pad_id=pad_id,
+        num_samples=num_samples,
+        cache_dtype=cache_dtype,
+    )
+    keep = len(prompts) * num_samples
+    if out.tokens_bn.shape[0] == keep:
+        return out
+    return SampleOutput(*(x[:keep] for x in out))
+
+
+def generate_padded(
+    model_or_params: Transformer | tuple[nnx.GraphDef, nnx.State],
+    tokens_bt: jax.Array,
+    positions_bt: jax.Array,
+    *,
+    max_new_tokens: int,
+    rng: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop_token_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    num_samples: int = 1,
+    cache_dtype: str | None = None,
+) -> SampleOutput:
+    """`generate` for prompts already left-padded: tokens [rows, P] and positions [rows, P]
+    (-1 on padding; a row of all -1 is an empty slot whose output is all padding).
+
+    Nothing is transferred to the host, so a trainer can dispatch more device work before it
+    reads the tokens.
+    """
     if isinstance(model_or_params, Transformer):
         graphdef, params = nnx.split(model_or_params)
     else:
@@ -234,9 +280,6 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    tokens_bt, positions_bt = pad_prompts(
-        prompts, pad_id=pad_id, prompt_buckets=prompt_buckets, batch_multiple=batch_multiple
-    )
     static = _Static(
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
@@ -247,8 +290,6 @@ def generate(
         pad_id=int(pad_id),
         cache_dtype=cache_dtype,
     )
-    if input_sharding is not None:
-        tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), input_sharding)
     rng = jax.random.key(0) if rng is None else rng
     cache, logits_bv, next_pos_b = prefill_jit(
         graphdef, params, tokens_bt, positions_bt, static=static
@@ -263,7 +304,4 @@ def generate(
         jnp.float32(max(temperature, 1e-6)),
         static=static,
     )
-    keep = len(prompts) * num_samples
-    if out.tokens_bn.shape[0] == keep:
-        return out
-    return SampleOutput(*(x[:keep] for x in out))
+    return out

@@ -27,10 +27,27 @@ def logical_axes(params: nnx.State) -> nnx.State:
     return nnx.map_state(_axes_of, params)
 
 
-def abstract_params(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, params) with ShapeDtypeStruct leaves: shapes of a full-size model, no memory."""
+def abstract_params(
+    cfg: ModelConfig, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params) with ShapeDtypeStruct leaves: shapes of a full-size model, no memory.
+
+    With a mesh, each leaf also carries its NamedSharding (for AOT compilation and restores).
+    """
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    return nnx.split(model)
+    graphdef, abstract = nnx.split(model)
+    if mesh is not None:
+        abstract = nnx.map_state(
+            lambda path, var: jax.ShapeDtypeStruct(
+                var.get_value().shape,
+                var.get_value().dtype,
+                sharding=sharding.named_sharding(
+                    _axes_of(path, var), var.get_value().shape, mesh, rules
+                ),
+            ),
+            abstract,
+        )
+    return graphdef, abstract
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> nnx.State:

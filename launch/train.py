@@ -1,0 +1,46 @@
+"""Zero-RL training: `python launch/train.py --config=configs/<run>.py --workdir=DIR`.
+
+Defaults to the tiny CPU config. Override any key on the command line, e.g.
+`--config.rl.loss.kl_coef=0 --config.total_steps=300`; rerunning with the same workdir resumes.
+On several hosts (TPU pod slices, multi-node GPU), `jax.distributed` is initialised first.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_REPO, "configs", "tiny.py"), "run config file", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/zero-rl-tiny", "checkpoints, logs, config")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "initialise jax.distributed: auto = when the environment shows several hosts",
+)  # fmt: skip
+
+
+def _multi_host_environment() -> bool:
+    # TPU VMs of a pod slice, SLURM jobs and explicit coordinators all announce themselves.
+    markers = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES", "JAX_COORDINATOR_ADDRESS")
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return any(os.environ.get(m) for m in markers[1:]) or "," in hosts
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import jax
+
+    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_host_environment()):
+        jax.distributed.initialize()
+    from zero_rl.train.loop import train
+
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

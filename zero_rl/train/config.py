@@ -1,0 +1,214 @@
+"""The RL run's config schema (every key with its default) and builders from it.
+
+Config files in `configs/` start from `base_config()` and change what they need, so every run
+has the same keys: a locked config turns a typo on the command line into an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+
+import ml_collections
+
+from zero_rl.models.config import ModelConfig, get_preset
+from zero_rl.rewards import RewardConfig
+from zero_rl.rl import LossConfig
+
+
+def _optim(**kw) -> ml_collections.ConfigDict:
+    base = dict(
+        lr=5e-7,
+        schedule="constant",
+        warmup_steps=0,
+        end_lr_ratio=0.0,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        grad_clip=1.0,
+        mu_dtype="float32",
+    )
+    return ml_collections.ConfigDict(base | kw)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults: SimpleRL-Zoo's GRPO recipe where it has one."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100
+    c.log_every = 1
+    c.eval_every = 10
+    c.checkpoint_every = 10
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+    c.num_sample_texts = 4  # responses written to TensorBoard each log step
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = ""  # a name from zero_rl.models.PRESETS, or "" to use `dims`
+    c.model.dims = ml_collections.ConfigDict()  # ModelConfig fields for a custom model
+    c.model.hf_path = ""  # HF checkpoint directory to start from ("" = random init)
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "full"
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""  # "" = the HF checkpoint directory's tokenizer
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = "gsm8k_train"  # a benchmark name, "synthetic_addition", or a file path
+    c.data.eval = "math500"
+    c.data.eval_size = 0  # 0 = the whole eval set
+    c.data.difficulty = ""  # "", "easy", "medium" or "hard" (SimpleRL-Zoo levels)
+    c.data.question_field = "problem"
+    c.data.answer_field = "answer"
+    c.data.template = ""  # "" = the model family's SimpleRL-Zoo default
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.max_prompt_len = 1024
+    c.sampling.max_new_tokens = 8192
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0
+    c.sampling.eval_max_new_tokens = 0  # 0 = max_new_tokens
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.num_prompts = 1024
+    c.rl.num_samples = 8
+    c.rl.minibatch_size = 256  # rows (responses) per optimiser step
+    c.rl.microbatch_size = 0  # rows per gradient-accumulation step (0 = whole minibatch)
+    c.rl.epochs = 1
+    c.rl.estimator = "grpo"
+    c.rl.adv_eps = 1e-6
+    c.rl.kl_in_reward_coef = 0.0  # > 0 puts the KL into the reward instead of the loss
+    c.rl.dynamic_sampling = False
+    c.rl.max_draws = 3
+    c.rl.overlong_filter = False
+    c.rl.logprob_chunk = 512
+    c.rl.loss = ml_collections.ConfigDict(
+        dict(
+            clip_low=0.2,
+            clip_high=0.2,
+            dual_clip=ml_collections.FieldReference(None, field_type=float),
+            ratio_level="token",
+            aggregation="token_mean",
+            norm_len=ml_collections.FieldReference(None, field_type=int),
+            kl_coef=1e-4,
+            kl_estimator="k3",
+            kl_clamp=ml_collections.FieldReference(None, field_type=float),
+            entropy_coef=0.001,
+            tis_cap=ml_collections.FieldReference(None, field_type=float),
+        )
+    )
+
+    c.reward = ml_collections.ConfigDict(
+        dict(
+            mode="correctness",
+            correct_reward=1.0,
+            incorrect_reward=0.0,
+            correct_boxed_reward=1.0,
+            correct_unboxed_reward=0.5,
+            wrong_boxed_reward=-0.5,
+            no_answer_reward=-1.0,
+            format_penalty=0.0,
+            last_number_fallback=False,
+            timeout_s=2.0,
+            num_workers=2,
+            overlong_cache_len=0,
+            overlong_factor=1.0,
+        )
+    )
+
+    c.optim = _optim()
+
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+    # Optional SFT stage that makes the base model first (the tiny default uses it).
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 0
+    c.sft.batch_size = 32
+    c.sft.seq_len = 64
+    c.sft.grad_accum = 1
+    c.sft.seed = 0
+    c.sft.log_every = 50
+    c.sft.checkpoint_every = 0
+    c.sft.carry_error_rate = 0.0  # synthetic task only: how often the teacher forgets a carry
+    c.sft.optim = _optim(lr=1e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0)
+    return c
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `get_config()` from a config file, applies "a.b=value" overrides, and locks it.
+
+    For notebooks; the launchers use absl's `config_flags` for the same files.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_zero_rl_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        set_override(config, key.strip(), raw.strip())
+    config.lock()
+    return config
+
+
+def set_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """Sets `config.<key>` from a string, with an error listing the valid keys at that level."""
+    *parents, leaf = key.split(".")
+    node = config
+    for i, name in enumerate(parents):
+        if name not in node:
+            raise KeyError(_unknown(".".join(parents[:i]), name, node))
+        node = node[name]
+    if leaf not in node:
+        raise KeyError(_unknown(".".join(parents), leaf, node))
+    current = node[leaf]
+    if isinstance(current, bool):
+        value = raw.lower() in ("1", "true", "yes")
+    elif isinstance(current, int | float) and not isinstance(current, bool):
+        value = type(current)(float(raw)) if isinstance(current, int) else float(raw)
+    else:
+        value = raw
+    node[leaf] = value
+
+
+def _unknown(prefix: str, name: str, node: ml_collections.ConfigDict) -> str:
+    where = f"config.{prefix}" if prefix else "config"
+    return f"unknown key {name!r} in {where}; valid keys: {sorted(node.keys())}"
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Raises if `config` has keys that `base_config()` does not (a typo in a config file)."""
+
+    def walk(node, ref, prefix):
+        for key in node:
+            if key not in ref:
+                raise KeyError(_unknown(prefix, key, ref))
+            child, ref_child = node[key], ref[key]
+            if isinstance(child, ml_collections.ConfigDict) and prefix + key != "model.dims":
+                walk(child, ref_child, f"{prefix}{key}.")
+
+    walk(config, base_config(), "")
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
+    m = config.model
+    common = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    if m.preset:
+        return get_preset(m.preset, **common)
+    dims = dict(m.dims.to_dict())
+    if vocab_size is not None:
+        dims.setdefault("vocab_size", vocab_size)
+    return ModelConfig(**(dims | common))
+
+
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    return LossConfig(**config.rl.loss.to_dict())
+
+
+def reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
+    return RewardConfig(**config.reward.to_dict())

@@ -1,0 +1,53 @@
+"""Optimiser and learning-rate schedules from a config block."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(
+    *, lr: float, schedule: str, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0
+) -> optax.Schedule:
+    """Linear warmup to `lr`, then constant, cosine or linear decay to `lr * end_lr_ratio`."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; valid: {SCHEDULES}")
+    warmup = optax.linear_schedule(0.0 if warmup_steps else lr, lr, max(warmup_steps, 1))
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "constant":
+        after = optax.constant_schedule(lr)
+    elif schedule == "cosine":
+        after = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_lr_ratio)
+    else:
+        after = optax.linear_schedule(lr, lr * end_lr_ratio, decay_steps)
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(
+    optim_cfg, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping. `optim_cfg` fields: lr, schedule, warmup_steps,
+    weight_decay, b1, b2, eps, grad_clip (0 disables), mu_dtype ("float32" or "bfloat16")."""
+    schedule = learning_rate_schedule(
+        lr=optim_cfg.lr,
+        schedule=optim_cfg.schedule,
+        warmup_steps=optim_cfg.warmup_steps,
+        total_steps=total_steps,
+        end_lr_ratio=optim_cfg.get("end_lr_ratio", 0.0),
+    )
+    parts = []
+    if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=optim_cfg.b1,
+            b2=optim_cfg.b2,
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+            mu_dtype=jnp.dtype(optim_cfg.mu_dtype),
+        )
+    )
+    return optax.chain(*parts), schedule

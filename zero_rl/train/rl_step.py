@@ -1,0 +1,216 @@
+"""The device side of an RL step: rollout log-probs and the policy update, each one jitted call.
+
+A rollout is a fixed-shape batch of `rows = prompts * samples` sequences laid out as
+[prompt (left-padded to P) | response (N)], so every step reuses the same compiled programs.
+The update runs epochs x minibatches as one `lax.scan`, with gradient accumulation over
+microbatches as an inner scan, and donates the params and optimiser state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from zero_rl.models.transformer import logprobs_from_hidden
+from zero_rl.rl import LossConfig, compute_advantages, kl_estimate, policy_loss
+from zero_rl.sharding import constrain
+
+
+class Rollout(NamedTuple):
+    """One step's training batch on device. Rows of a prompt's samples are adjacent.
+
+    tokens_bt / positions_bt: [rows, P + N] prompt and response (positions -1 on padding).
+    mask_bn: [rows, N] 1.0 on response tokens that count in the loss.
+    sampler_logprobs_bn, old_logprobs_bn, ref_logprobs_bn: [rows, N] behaviour, trainer-side
+      old-policy and reference log-probs of the response tokens.
+    rewards_pg: [prompts, samples] verifier rewards (after shaping).
+    group_mask_p: [prompts] 1.0 for groups that train (0 for dynamic-sampling padding).
+    """
+
+    tokens_bt: jax.Array
+    positions_bt: jax.Array
+    mask_bn: jax.Array
+    sampler_logprobs_bn: jax.Array
+    old_logprobs_bn: jax.Array
+    ref_logprobs_bn: jax.Array
+    rewards_pg: jax.Array
+    group_mask_p: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateOptions:
+    """Static options of the update (hashable: part of the jit cache key)."""
+
+    loss: LossConfig
+    estimator: str = "grpo"
+    adv_eps: float = 1e-6
+    kl_in_reward_coef: float = 0.0
+    epochs: int = 1
+    num_minibatches: int = 1
+    num_microbatches: int = 1
+    logprob_chunk: int = 512
+
+
+def assemble_sequences(
+    prompt_tokens_bt: jax.Array,
+    prompt_positions_bt: jax.Array,
+    response_tokens_bn: jax.Array,
+    response_lengths_b: jax.Array,
+    num_samples: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[prompt | response] tokens and positions [rows, P + N] and the response mask [rows, N]."""
+    prompt_tokens = jnp.repeat(prompt_tokens_bt, num_samples, axis=0)
+    prompt_positions = jnp.repeat(prompt_positions_bt, num_samples, axis=0)
+    n = response_tokens_bn.shape[1]
+    steps_n = jnp.arange(n)[None, :]
+    mask_bn = steps_n < response_lengths_b[:, None]
+    first_b = jnp.max(prompt_positions, axis=1, keepdims=True) + 1
+    response_positions = jnp.where(mask_bn & (first_b > 0), first_b + steps_n, -1)
+    tokens = jnp.concatenate([prompt_tokens, response_tokens_bn], axis=1)
+    positions = jnp.concatenate([prompt_positions, response_positions], axis=1)
+    return tokens, positions.astype(jnp.int32), mask_bn.astype(jnp.float32)
+
+
+def _response_logprobs(model, tokens_bt, positions_bt, prompt_len, *, chunk, with_entropy):
+    """log p of each response token [rows, N] (and entropy), from one forward pass."""
+    hidden, _ = model.hidden_states(tokens_bt, positions_bt)
+    # Logits at position t predict token t + 1: responses start at column P.
+    hidden = hidden[:, prompt_len - 1 : -1]
+    return logprobs_from_hidden(
+        hidden,
+        model.head_weight(),
+        tokens_bt[:, prompt_len:],
+        chunk_size=chunk,
+        with_entropy=with_entropy,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "num_chunks", "chunk"))
+def rollout_logprobs(graphdef, params, tokens_bt, positions_bt, *, prompt_len, num_chunks, chunk):
+    """Teacher-forced response log-probs [rows, N] under `params`, `num_chunks` rows-blocks
+    at a time (bounding activation memory for large rollouts)."""
+    model = nnx.merge(graphdef, params)
+    rows = tokens_bt.shape[0]
+
+    def one(args):
+        tokens, positions = args
+        return _response_logprobs(
+            model, tokens, positions, prompt_len, chunk=chunk, with_entropy=False
+        )[0]
+
+    split = lambda x: x.reshape(num_chunks, rows // num_chunks, *x.shape[1:])
+    logp = jax.lax.map(one, (split(tokens_bt), split(positions_bt)))
+    return constrain(logp.reshape(rows, -1), ("batch", "length"))
+
+
+def rollout_advantages(rollout: Rollout, opts: UpdateOptions):
+    """Per-token advantages [rows, N] from the group rewards (computed inside jit)."""
+    rewards_pg = rollout.rewards_pg
+    if opts.kl_in_reward_coef:
+        # KL as a reward penalty: each sequence's summed per-token KL to the reference.
+        kl_bn = kl_estimate(
+            rollout.old_logprobs_bn, rollout.ref_logprobs_bn, estimator=opts.loss.kl_estimator
+        )
+        kl_b = jnp.sum(kl_bn * rollout.mask_bn, axis=1)
+        rewards_pg = rewards_pg - opts.kl_in_reward_coef * kl_b.reshape(rewards_pg.shape)
+    adv_pg, stats = compute_advantages(
+        rewards_pg, estimator=opts.estimator, eps=opts.adv_eps, group_mask_p=rollout.group_mask_p
+    )
+    return adv_pg.reshape(-1)[:, None] * rollout.mask_bn, stats
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "tx", "opts", "prompt_len"),
+    donate_argnames=("params", "opt_state"),
+)
+def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prompt_len):
+    """Policy update on one rollout: `epochs` passes over shuffled minibatches.
+
+    Returns (params, opt_state, metrics) with metrics averaged over minibatches.
+    """
+    advantages_bn, adv_stats = rollout_advantages(rollout, opts)
+    row_mask_bn = (
+        rollout.mask_bn * jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])[:, None]
+    )
+    rows = rollout.tokens_bt.shape[0]
+    mb = rows // opts.num_minibatches
+    micro = mb // opts.num_microbatches
+    need_entropy = True  # entropy is always reported; its cost is one softmax per token
+    use_ref = opts.loss.kl_coef != 0.0
+
+    def loss_fn(p, batch):
+        tokens, positions, mask, adv, old, ref, sampler_lp = batch
+        model = nnx.merge(graphdef, p)
+        logp, ent = _response_logprobs(
+            model,
+            tokens,
+            positions,
+            prompt_len,
+            chunk=opts.logprob_chunk,
+            with_entropy=need_entropy,
+        )
+        return policy_loss(
+            logp,
+            old,
+            adv,
+            mask,
+            config=opts.loss,
+            ref_logprobs_bt=ref if use_ref else None,
+            entropy_bt=ent,
+            sampler_logprobs_bt=sampler_lp,
+        )
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    fields = (
+        rollout.tokens_bt,
+        rollout.positions_bt,
+        row_mask_bn,
+        advantages_bn,
+        rollout.old_logprobs_bn,
+        rollout.ref_logprobs_bn,
+        rollout.sampler_logprobs_bn,
+    )
+
+    def minibatch_step(carry, index):
+        p, o = carry
+        epoch, k = index // opts.num_minibatches, index % opts.num_minibatches
+        perm = jax.random.permutation(jax.random.fold_in(rng, epoch), rows)
+        rows_idx = jax.lax.dynamic_slice_in_dim(perm, k * mb, mb)
+        batch = tuple(
+            x[rows_idx].reshape(opts.num_microbatches, micro, *x.shape[1:]) for x in fields
+        )
+
+        def micro_step(acc, mbatch):
+            (loss, metrics), grads = grad_fn(p, mbatch)
+            acc_grads, acc_loss, acc_metrics = acc
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (add(acc_grads, grads), acc_loss + loss, add(acc_metrics, metrics)), None
+
+        zero_metrics = jax.eval_shape(lambda: grad_fn(p, jax.tree.map(lambda x: x[0], batch))[0][1])
+        init = (
+            jax.tree.map(jnp.zeros_like, p),
+            jnp.float32(0),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics),
+        )
+        (grads, loss, metrics), _ = jax.lax.scan(micro_step, init, batch)
+        scale = 1.0 / opts.num_microbatches
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        metrics = jax.tree.map(lambda m: m * scale, metrics)
+        metrics["loss"] = loss * scale
+        metrics["grad_norm"] = optax.global_norm(grads)
+        updates, o = tx.update(grads, o, p)
+        p = optax.apply_updates(p, updates)
+        return (p, o), metrics
+
+    steps = jnp.arange(opts.epochs * opts.num_minibatches)
+    (params, opt_state), metrics = jax.lax.scan(minibatch_step, (params, opt_state), steps)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics.update({f"adv/{k}": v for k, v in adv_stats.items()})
+    return params, opt_state, metrics

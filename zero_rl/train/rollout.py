@@ -1,0 +1,280 @@
+"""Collecting one step's rollout: sample on device, verify on the host, build the batch.
+
+Order of work per draw: the sampler runs; the trainer-side old and reference log-probs are
+dispatched (asynchronously) right after it; only then does the host read the response tokens
+and verify them, so verification overlaps with that device work. The response tokens and
+lengths are the only device-to-host transfer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zero_rl import sampler
+from zero_rl.data.records import Example
+from zero_rl.data.templates import apply_template
+from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
+from zero_rl.tokenizer import Tokenizer, encode_prompts
+from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
+
+# SimpleRL-Zoo's reflection keywords (behaviour monitoring of "aha" moments).
+REFLECTION_WORDS = ("recheck", "rethink", "try again", "wait", "alternatively", "retry", "however")
+_REFLECTION_RE = re.compile("|".join(re.escape(w) for w in REFLECTION_WORDS), re.IGNORECASE)
+
+
+def has_reflection(text: str) -> bool:
+    return _REFLECTION_RE.search(text) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    max_prompt_len: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclasses.dataclass
+class RolloutResult:
+    rollout: Rollout
+    examples: list[Example]  # one per group (prompt)
+    texts: list[str]  # one per row
+    verdicts: list[Verdict]
+    stopped_b: np.ndarray  # [rows] True where a stop token ended the response
+    stats: dict[str, float]
+
+
+def encode_batch(
+    examples: Sequence[Example],
+    tokenizer: Tokenizer,
+    *,
+    template: str,
+    max_prompt_len: int,
+    rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompt tokens and positions [rows, max_prompt_len]; extra rows are empty
+    (position -1 everywhere), so every batch has one shape."""
+    texts = [apply_template(template, ex.prompt) for ex in examples]
+    tokens, lengths = encode_prompts(
+        tokenizer, texts, max_len=max_prompt_len, pad_to_multiple=max_prompt_len
+    )
+    rows = rows or len(examples)
+    tokens_bt = np.full((rows, max_prompt_len), tokenizer.pad_id, np.int32)
+    tokens_bt[: len(examples)] = tokens
+    lengths_b = np.zeros((rows,), np.int32)
+    lengths_b[: len(examples)] = lengths
+    steps = np.arange(max_prompt_len)[None, :]
+    first = max_prompt_len - lengths_b[:, None]
+    positions_bt = np.where(steps >= first, steps - first, -1).astype(np.int32)
+    return tokens_bt, positions_bt
+
+
+class RolloutCollector:
+    """Samples groups of responses for batches of prompts and scores them."""
+
+    def __init__(
+        self,
+        *,
+        graphdef,
+        tokenizer: Tokenizer,
+        template: str,
+        stop_token_ids: Sequence[int],
+        sampling: SamplingOptions,
+        num_samples: int,
+        reward: RewardConfig,
+        pool: VerifierPool | None,
+        batch_sharding: jax.sharding.Sharding | None = None,
+        logprob_chunks: int = 1,
+        logprob_chunk_len: int = 512,
+    ):
+        self.graphdef = graphdef
+        self.tokenizer = tokenizer
+        self.template = template
+        self.stop_token_ids = tuple(stop_token_ids)
+        self.sampling = sampling
+        self.num_samples = num_samples
+        self.reward = reward
+        self.pool = pool
+        self.batch_sharding = batch_sharding
+        self.logprob_chunks = logprob_chunks
+        self.logprob_chunk_len = logprob_chunk_len
+
+    def _put(self, *arrays):
+        if self.batch_sharding is None:
+            return tuple(jnp.asarray(a) for a in arrays)
+        return tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
+
+    def _logprobs(self, params, tokens, positions):
+        return rollout_logprobs(
+            self.graphdef,
+            params,
+            tokens,
+            positions,
+            prompt_len=self.sampling.max_prompt_len,
+            num_chunks=self.logprob_chunks,
+            chunk=self.logprob_chunk_len,
+        )
+
+    def draw(self, params, ref_params, examples: Sequence[Example], rng) -> RolloutResult:
+        """One batch of prompts -> one rollout with every group (group_mask all ones)."""
+        s = self.sampling
+        start = time.perf_counter()
+        prompt_tokens, prompt_positions = self._put(
+            *encode_batch(
+                examples, self.tokenizer, template=self.template, max_prompt_len=s.max_prompt_len
+            )
+        )
+        out = sampler.generate_padded(
+            (self.graphdef, params),
+            prompt_tokens,
+            prompt_positions,
+            max_new_tokens=s.max_new_tokens,
+            rng=rng,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            stop_token_ids=self.stop_token_ids,
+            pad_id=self.tokenizer.pad_id,
+            num_samples=self.num_samples,
+        )
+        tokens, positions, mask_bn = _assemble(
+            prompt_tokens, prompt_positions, out.tokens_bn, out.lengths_b, self.num_samples
+        )
+        # Dispatched before the host blocks on the tokens: overlaps with verification.
+        old_logprobs = self._logprobs(params, tokens, positions)
+        ref_logprobs = (
+            self._logprobs(ref_params, tokens, positions)
+            if ref_params is not None
+            else old_logprobs
+        )
+        tokens_bn, lengths_b, stopped_b = jax.device_get(
+            (out.tokens_bn, out.lengths_b, out.stopped_b)
+        )
+        sample_time = time.perf_counter() - start
+        texts = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
+        answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
+        verify_start = time.perf_counter()
+        verdicts = score(texts, answers, config=self.reward, pool=self.pool)
+        rewards_b = np.asarray([v.reward for v in verdicts], np.float32)
+        if self.reward.overlong_cache_len:
+            rewards_b += overlong_penalty(
+                lengths_b.astype(np.int64),
+                max_response_len=s.max_new_tokens,
+                cache_len=self.reward.overlong_cache_len,
+                factor=self.reward.overlong_factor,
+            )
+        stats = {
+            "train/reward_mean": float(rewards_b.mean()),
+            "train/accuracy": float(np.mean([v.correct for v in verdicts])),
+            "train/response_length_mean": float(lengths_b.mean()),
+            "train/truncated_ratio": float(1.0 - stopped_b.mean()),
+            "train/verifier_timeouts": float(sum(v.timed_out for v in verdicts)),
+            "train/reflection_words": float(np.mean([has_reflection(t) for t in texts])),
+            "train/boxed_ratio": float(np.mean([v.boxed for v in verdicts])),
+            "perf/sample_time_s": sample_time,
+            "perf/verify_time_s": time.perf_counter() - verify_start,
+            "perf/sample_tokens": float(lengths_b.sum()),
+        }
+        rollout = Rollout(
+            tokens_bt=tokens,
+            positions_bt=positions,
+            mask_bn=mask_bn,
+            sampler_logprobs_bn=out.logprobs_bn,
+            old_logprobs_bn=old_logprobs,
+            ref_logprobs_bn=ref_logprobs,
+            rewards_pg=jnp.asarray(rewards_b.reshape(len(examples), self.num_samples)),
+            group_mask_p=jnp.ones((len(examples),), jnp.float32),
+        )
+        return RolloutResult(rollout, list(examples), texts, verdicts, stopped_b, stats)
+
+
+@jax.jit
+def _stopped_mask(mask_bn, stopped_b):
+    return mask_bn * stopped_b[:, None]
+
+
+_assemble = jax.jit(assemble_sequences, static_argnames=("num_samples",))
+
+
+def collect(
+    collector: RolloutCollector,
+    params,
+    ref_params,
+    batches: Iterator[list[Example]],
+    rng,
+    *,
+    dynamic_sampling: bool,
+    max_draws: int,
+    overlong_filter: bool,
+) -> RolloutResult:
+    """A full rollout; with DAPO dynamic sampling, groups whose rewards are all equal are
+    dropped and more prompts drawn (up to `max_draws` batches) until the batch is full. If the
+    cap is hit, the remaining slots hold dropped groups with group_mask 0 (no gradient), so the
+    update's shapes never change."""
+    draws = []
+    kept: list[tuple[int, int]] = []  # (draw, group) with signal
+    num_groups = None
+    for d in range(max_draws if dynamic_sampling else 1):
+        result = collector.draw(params, ref_params, next(batches), jax.random.fold_in(rng, d))
+        draws.append(result)
+        num_groups = len(result.examples)
+        if not dynamic_sampling:
+            break
+        rewards = np.asarray(result.rollout.rewards_pg)
+        kept += [(d, g) for g in range(num_groups) if rewards[g].max() > rewards[g].min()]
+        if len(kept) >= num_groups:
+            break
+    result = _select(draws, kept, num_groups) if dynamic_sampling else draws[0]
+    if overlong_filter:  # DAPO: truncated responses carry no learning signal either way
+        result.rollout = result.rollout._replace(
+            mask_bn=_stopped_mask(
+                result.rollout.mask_bn, jnp.asarray(result.stopped_b, jnp.float32)
+            )
+        )
+    # Metrics describe everything that was sampled, not only the kept groups.
+    for key in draws[0].stats:
+        values = [r.stats[key] for r in draws]
+        result.stats[key] = float(np.sum(values) if key.startswith("perf/") else np.mean(values))
+    result.stats["train/dynamic_sampling_draws"] = float(len(draws))
+    kept_groups = min(len(kept), num_groups) if dynamic_sampling else num_groups
+    result.stats["train/kept_groups"] = float(kept_groups)
+    return result
+
+
+def _select(
+    draws: list[RolloutResult], kept: list[tuple[int, int]], num_groups: int
+) -> RolloutResult:
+    """Builds a rollout of `num_groups` groups: the kept ones first, then masked fillers."""
+    kept = kept[:num_groups]
+    kept_set = set(kept)
+    fillers = [
+        (d, g) for d in range(len(draws)) for g in range(num_groups) if (d, g) not in kept_set
+    ]
+    chosen = kept + fillers[: num_groups - len(kept)]
+    g_size = draws[0].rollout.rewards_pg.shape[1]
+    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *[r.rollout for r in draws])
+    group_idx = np.asarray([d * num_groups + g for d, g in chosen])
+    row_idx = (group_idx[:, None] * g_size + np.arange(g_size)[None, :]).reshape(-1)
+    rollout = Rollout(
+        tokens_bt=stacked.tokens_bt[row_idx],
+        positions_bt=stacked.positions_bt[row_idx],
+        mask_bn=stacked.mask_bn[row_idx],
+        sampler_logprobs_bn=stacked.sampler_logprobs_bn[row_idx],
+        old_logprobs_bn=stacked.old_logprobs_bn[row_idx],
+        ref_logprobs_bn=stacked.ref_logprobs_bn[row_idx],
+        rewards_pg=stacked.rewards_pg[group_idx],
+        group_mask_p=jnp.asarray([1.0] * len(kept) + [0.0] * (num_groups - len(kept))),
+    )
+    examples = [draws[d].examples[g] for d, g in chosen]
+    texts = [draws[d].texts[g * g_size + i] for d, g in chosen for i in range(g_size)]
+    verdicts = [draws[d].verdicts[g * g_size + i] for d, g in chosen for i in range(g_size)]
+    stopped_b = np.concatenate([r.stopped_b for r in draws])[row_idx]
+    return RolloutResult(rollout, examples, texts, verdicts, stopped_b, {})
