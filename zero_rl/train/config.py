@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoint = True
     c.num_sample_texts = 4  # responses written to TensorBoard each log step
+    c.hardware = ""  # the smallest slice/host this run is planned to fit (see launch/plan.py)
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = ""  # a name from zero_rl.models.PRESETS, or "" to use `dims`
@@ -135,6 +136,58 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.checkpoint_every = 0
     c.sft.carry_error_rate = 0.0  # synthetic task only: how often the teacher forgets a carry
     c.sft.optim = _optim(lr=1e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0)
+    return c
+
+
+# SimpleRL-Zoo's difficulty per base model, as read from the paper (Sec. 2 and its appendix):
+# weak instruction followers start on easier data.
+SIMPLERL_DIFFICULTY = {
+    "mistral-7b": "easy",
+    "llama3.1-8b": "easy",
+    "deepseek-math-7b": "medium",
+    "qwen2.5-0.5b": "medium",
+    "qwen2.5-1.5b": "medium",
+}
+
+
+def simplerl_zoo_config(
+    preset: str, *, max_response_len: int = 8192, hardware: str = ""
+) -> ml_collections.ConfigDict:
+    """SimpleRL-Zoo's recipe for one base model: GRPO, 1024 prompts x 8 samples, PPO minibatch
+    256 prompts, lr 5e-7 constant, grad clip 1.0, k3 KL loss 1e-4 (1e-3 above 14B), entropy
+    0.001, clip 0.2, temperature 1.0, 1024 prompt / `max_response_len` response tokens.
+
+    Training data: SimpleRL-Zoo builds its sets from the MATH train split (not shipped; point
+    `data.train` at a MATH-format JSONL/parquet with problem, solution/answer and level).
+    """
+    c = base_config()
+    c.model.preset = preset
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "full"
+    c.hardware = hardware
+    c.total_steps = 100
+    c.eval_every = 5
+    c.checkpoint_every = 5
+    c.data.train = "data/math_train.jsonl"
+    c.data.answer_field = "answer"
+    c.data.eval = "math500"
+    c.data.difficulty = SIMPLERL_DIFFICULTY.get(preset, "hard")
+    c.data.template = ""  # the family default (zero_rl.data.default_template)
+    c.sampling.max_prompt_len = 1024
+    c.sampling.max_new_tokens = max_response_len
+    c.rl.num_prompts = 1024
+    c.rl.num_samples = 8
+    c.rl.minibatch_size = 256 * 8  # 256 prompts' groups per optimiser step: 4 updates per step
+    c.rl.microbatch_size = 64
+    c.rl.loss.kl_coef = 1e-3 if get_preset(preset).num_params() > 15e9 else 1e-4
+    c.rl.loss.kl_estimator = "k3"
+    c.rl.loss.entropy_coef = 0.001
+    c.rl.loss.clip_low = 0.2
+    c.rl.loss.clip_high = 0.2
+    c.optim.lr = 5e-7
+    c.optim.schedule = "constant"
+    c.optim.grad_clip = 1.0
     return c
 
 

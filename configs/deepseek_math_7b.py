@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on deepseek-math-7b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/deepseek_math_7b.py --workdir=gs://BUCKET/runs/deepseek_math_7b \
+        --config.model.hf_path=/path/to/hf/deepseek-math-7b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "deepseek-math-7b", max_response_len=3072, hardware="v5p-8 or 8x A100/H100 80GB"
+    )

@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on llama3.1-8b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/llama3_1_8b.py --workdir=gs://BUCKET/runs/llama3_1_8b \
+        --config.model.hf_path=/path/to/hf/llama3.1-8b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "llama3.1-8b", max_response_len=8192, hardware="v5p-16 or 8x H100/H200"
+    )

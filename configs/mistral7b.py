@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on mistral-7b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/mistral7b.py --workdir=gs://BUCKET/runs/mistral7b \
+        --config.model.hf_path=/path/to/hf/mistral-7b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "mistral-7b", max_response_len=8192, hardware="v5p-16 or 8x H100/H200 80GB+"
+    )

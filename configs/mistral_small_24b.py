@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on mistral-small-24b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/mistral_small_24b.py --workdir=gs://BUCKET/runs/mistral_small_24b \
+        --config.model.hf_path=/path/to/hf/mistral-small-24b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "mistral-small-24b", max_response_len=8192, hardware="v5p-64 or 4 hosts of 8x H100"
+    )

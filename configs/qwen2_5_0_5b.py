@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on qwen2.5-0.5b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/qwen2_5_0_5b.py --workdir=gs://BUCKET/runs/qwen2_5_0_5b \
+        --config.model.hf_path=/path/to/hf/qwen2.5-0.5b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "qwen2.5-0.5b", max_response_len=8192, hardware="v5p-8 or 1x H100/H200"
+    )

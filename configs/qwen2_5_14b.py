@@ -1,0 +1,13 @@
+"""SimpleRL-Zoo zero RL on qwen2.5-14b (see zero_rl.train.config.simplerl_zoo_config).
+
+    python launch/train.py --config=configs/qwen2_5_14b.py --workdir=gs://BUCKET/runs/qwen2_5_14b \
+        --config.model.hf_path=/path/to/hf/qwen2.5-14b --config.data.train=/path/to/math_train.jsonl
+"""
+
+from zero_rl.train.config import simplerl_zoo_config
+
+
+def get_config():
+    return simplerl_zoo_config(
+        "qwen2.5-14b", max_response_len=8192, hardware="v5p-32 or 2 hosts of 8x H100"
+    )
