@@ -1,7 +1,7 @@
 """SimpleRL-Zoo zero RL on llama3.1-8b (see zero_rl.train.config.simplerl_zoo_config).
 
-    python launch/train.py --config=configs/llama3_1_8b.py --workdir=gs://BUCKET/runs/llama3_1_8b \
-        --config.model.hf_path=/path/to/hf/llama3.1-8b --config.data.train=/path/to/math_train.jsonl
+    python launch/train.py --config=configs/llama3_1_8b.py --workdir=$WORKDIR \
+        --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
 """
 
 from zero_rl.train.config import simplerl_zoo_config

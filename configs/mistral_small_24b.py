@@ -1,7 +1,7 @@
 """SimpleRL-Zoo zero RL on mistral-small-24b (see zero_rl.train.config.simplerl_zoo_config).
 
-    python launch/train.py --config=configs/mistral_small_24b.py --workdir=gs://BUCKET/runs/mistral_small_24b \
-        --config.model.hf_path=/path/to/hf/mistral-small-24b --config.data.train=/path/to/math_train.jsonl
+    python launch/train.py --config=configs/mistral_small_24b.py --workdir=$WORKDIR \
+        --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
 """
 
 from zero_rl.train.config import simplerl_zoo_config

@@ -1,7 +1,7 @@
 """SimpleRL-Zoo zero RL on qwen2.5-32b (see zero_rl.train.config.simplerl_zoo_config).
 
-    python launch/train.py --config=configs/qwen2_5_32b.py --workdir=gs://BUCKET/runs/qwen2_5_32b \
-        --config.model.hf_path=/path/to/hf/qwen2.5-32b --config.data.train=/path/to/math_train.jsonl
+    python launch/train.py --config=configs/qwen2_5_32b.py --workdir=$WORKDIR \
+        --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
 """
 
 from zero_rl.train.config import simplerl_zoo_config
