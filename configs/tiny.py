@@ -57,6 +57,7 @@ def get_config():
     c.sft.seq_len = 64
     c.sft.carry_error_rate = 0.7
     c.sft.log_every = 100
+    c.sft.checkpoint_every = 600
     c.sft.optim.lr = 3e-3
     c.sft.optim.warmup_steps = 30
     return c

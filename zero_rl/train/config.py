@@ -133,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.grad_accum = 1
     c.sft.seed = 0
     c.sft.log_every = 50
-    c.sft.checkpoint_every = 0
+    c.sft.checkpoint_every = 1000
     c.sft.carry_error_rate = 0.0  # synthetic task only: how often the teacher forgets a carry
     c.sft.optim = _optim(lr=1e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0)
     return c

@@ -1,0 +1,414 @@
+"""HF checkpoint import/export, checked against `transformers` (CPU torch, float32, eager)."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from zero_rl.models import (
+    KVCache,
+    apply,
+    from_hf,
+    get_preset,
+    param_shardings,
+    positions_from_mask,
+    to_hf,
+)
+from zero_rl.models.hf import config_from_hf, hf_config
+from zero_rl.sharding import make_mesh
+
+VOCAB, BATCH, TIME, LEFT_PAD = 256, 2, 12, 3
+_TINY = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    attn_implementation="eager",
+)
+# Each case stresses what its family adds: llama3 RoPE scaling (with a band boundary inside
+# head_dim 16) and a sharded index; a sliding window shorter than the sequence and an explicit
+# head_dim != hidden/heads; q/k/v biases with tied embeddings.
+CASES = {
+    "llama": (
+        transformers.LlamaConfig,
+        dict(
+            rope_theta=500_000.0,
+            rms_norm_eps=1e-5,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+        "60KB",
+    ),
+    "mistral": (transformers.MistralConfig, dict(sliding_window=4, head_dim=32), None),
+    "qwen2": (transformers.Qwen2Config, dict(tie_word_embeddings=True, rope_theta=1e6), None),
+}
+
+
+def _hf_model(name: str):
+    config_cls, extra, _ = CASES[name]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config_cls(**_TINY, **extra)).eval()
+    # HF initialises norms to 1 and biases to 0; random values make a swapped or dropped norm
+    # or bias visible in the logits.
+    with torch.no_grad():
+        for param_name, p in model.named_parameters():
+            p.normal_(1.0 if "norm" in param_name else 0.0, 0.1 if "norm" in param_name else 0.2)
+    return model
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    tokens_bt = rng.integers(0, VOCAB, (BATCH, TIME)).astype(np.int32)
+    valid_bt = np.ones((BATCH, TIME), bool)
+    valid_bt[1, :LEFT_PAD] = False
+    return tokens_bt, valid_bt
+
+
+def _hf_logits(model, tokens_bt, valid_bt) -> np.ndarray:
+    position_ids = np.maximum(np.cumsum(valid_bt, axis=1) - 1, 0)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(tokens_bt, dtype=torch.long),
+            attention_mask=torch.tensor(valid_bt, dtype=torch.long),
+            position_ids=torch.tensor(position_ids, dtype=torch.long),
+        )
+    return out.logits.numpy()
+
+
+def _assert_logits_match(ours_btv, ref_btv, valid_bt):
+    ours, ref = np.asarray(ours_btv)[valid_bt], ref_btv[valid_bt]
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5 * scale)
+
+
+@jax.jit
+def _forward(graphdef, params, tokens_bt, valid_bt):
+    return apply(graphdef, params, tokens_bt, positions_from_mask(valid_bt))
+
+
+def _our_logits(model, tokens_bt, valid_bt):
+    graphdef, params = nnx.split(model)
+    return _forward(graphdef, params, jnp.asarray(tokens_bt), jnp.asarray(valid_bt))
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    """(name, HF model, its save_pretrained directory, HF logits on the padded batch)."""
+    name = request.param
+    model = _hf_model(name)
+    path = tmp_path_factory.mktemp(name)
+    shard = CASES[name][2]
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
+    tokens_bt, valid_bt = _inputs()
+    return name, model, path, _hf_logits(model, tokens_bt, valid_bt)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama_single")
+    _hf_model("llama").save_pretrained(path)
+    return path
+
+
+def test_logits_match_hf_on_left_padded_batch(case):
+    name, _, path, ref = case
+    if name == "llama":
+        assert (path / "model.safetensors.index.json").is_file()
+    model = from_hf(path)
+    tokens_bt, valid_bt = _inputs()
+    _assert_logits_match(_our_logits(model, tokens_bt, valid_bt), ref, valid_bt)
+
+
+def test_kv_cache_prefill_and_decode_match_hf(case):
+    _, _, path, ref = case
+    model = from_hf(path)
+    graphdef, params = nnx.split(model)
+    tokens_bt, valid_bt = _inputs()
+    positions_bt = positions_from_mask(jnp.asarray(valid_bt))
+
+    @jax.jit
+    def step(params, tokens, positions, cache, index):
+        return apply(graphdef, params, tokens, positions, cache=cache, cache_index=index)
+
+    prefill = 5
+    cache = KVCache.empty(model.cfg, BATCH, TIME)
+    logits, cache = step(params, tokens_bt[:, :prefill], positions_bt[:, :prefill], cache, 0)
+    pieces = [logits]
+    for i in range(prefill, TIME):
+        logits, cache = step(params, tokens_bt[:, i : i + 1], positions_bt[:, i : i + 1], cache, i)
+        pieces.append(logits)
+    _assert_logits_match(jnp.concatenate(pieces, axis=1), ref, valid_bt)
+
+
+def test_mesh_import_shards_params_matches_and_exports(case, tmp_path):
+    _, _, path, ref = case
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    model = from_hf(path, mesh=mesh)
+    expected = dict(nnx.to_flat_state(param_shardings(model.cfg, mesh)))
+    for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = var.get_value()
+        assert value.sharding.is_equivalent_to(expected[p], value.ndim), p
+    assert not model.embed.get_value().sharding.is_fully_replicated
+    tokens_bt, valid_bt = _inputs()
+    _assert_logits_match(_our_logits(model, tokens_bt, valid_bt), ref, valid_bt)
+
+    to_hf(model, tmp_path / "from_mesh", dtype="float32")
+    unsharded = dict(nnx.to_flat_state(nnx.state(from_hf(path), nnx.Param)))
+    for p, var in nnx.to_flat_state(nnx.state(from_hf(tmp_path / "from_mesh"), nnx.Param)):
+        np.testing.assert_array_equal(var.get_value(), unsharded[p].get_value(), err_msg=str(p))
+
+
+def test_export_round_trip_through_transformers(case, tmp_path):
+    name, hf_model, path, ref = case
+    out = tmp_path / "export"
+    to_hf(from_hf(path), out, dtype="float32", max_shard_size="50KB" if name == "qwen2" else "5GB")
+    assert (out / "model.safetensors.index.json").is_file() == (name == "qwen2")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    assert type(reloaded) is type(hf_model)
+    want, got = hf_model.state_dict(), reloaded.state_dict()
+    assert set(got) == set(want)
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    tokens_bt, valid_bt = _inputs()
+    _assert_logits_match(_hf_logits(reloaded.eval(), tokens_bt, valid_bt), ref, valid_bt)
+
+
+def test_bfloat16_export_and_import(llama_dir, tmp_path):
+    model = from_hf(llama_dir)
+    to_hf(model, tmp_path / "bf16", extra_config={"bos_token_id": 1, "eos_token_id": 2})
+    with safe_open(tmp_path / "bf16" / "model.safetensors", framework="numpy") as f:
+        names = f.keys()
+        assert {f.get_slice(k).get_dtype() for k in names} == {"BF16"}
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert (config["torch_dtype"], config["eos_token_id"]) == ("bfloat16", 2)
+    generation = json.loads((tmp_path / "bf16" / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
+
+    reloaded = from_hf(tmp_path / "bf16", param_dtype="bfloat16")
+    assert reloaded.embed.get_value().dtype == jnp.bfloat16
+    original = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for p, var in nnx.to_flat_state(nnx.state(reloaded, nnx.Param)):
+        want = np.asarray(original[p].get_value()).astype(ml_dtypes.bfloat16)
+        np.testing.assert_array_equal(np.asarray(var.get_value()), want, err_msg=str(p))
+
+
+def test_config_overrides_and_dtypes(llama_dir):
+    model = from_hf(llama_dir, dtype="bfloat16", remat="full")
+    assert (model.cfg.dtype, model.cfg.param_dtype, model.cfg.remat) == (
+        "bfloat16",
+        "float32",
+        "full",
+    )
+    assert model.embed.get_value().dtype == jnp.float32
+
+
+# Published config.json files (transformers 4.x form) of models the presets describe.
+PUBLISHED_CONFIGS = {
+    "llama3.1-8b": {
+        "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "hidden_size": 4096,
+        "intermediate_size": 14336, "max_position_embeddings": 131072, "mlp_bias": False,
+        "attention_bias": False, "num_attention_heads": 32, "num_hidden_layers": 32,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 128256,
+    },
+    "mistral-7b": {
+        "architectures": ["MistralForCausalLM"], "hidden_act": "silu", "hidden_size": 4096,
+        "intermediate_size": 14336, "max_position_embeddings": 32768, "num_attention_heads": 32,
+        "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
+        "vocab_size": 32000,
+    },
+    "deepseek-math-7b": {
+        "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "hidden_size": 4096,
+        "intermediate_size": 11008, "max_position_embeddings": 4096, "num_attention_heads": 32,
+        "num_hidden_layers": 30, "num_key_value_heads": 32, "pretraining_tp": 1,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000,
+        "tie_word_embeddings": False, "vocab_size": 102400,
+    },
+    "qwen2.5-7b": {
+        "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 3584,
+        "intermediate_size": 18944, "max_position_embeddings": 131072, "max_window_layers": 28,
+        "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 131072,
+        "tie_word_embeddings": False, "use_sliding_window": False, "vocab_size": 152064,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED_CONFIGS))
+def test_config_from_published_hf_config(preset):
+    assert config_from_hf(PUBLISHED_CONFIGS[preset]) == get_preset(preset)
+
+
+def test_exported_config_reads_back_in_transformers():
+    cfg = get_preset("llama3.1-8b")
+    hf = transformers.AutoConfig.for_model(**hf_config(cfg))
+    assert (hf.hidden_size, hf.num_key_value_heads, hf.head_dim) == (4096, 8, 128)
+    assert config_from_hf(hf.to_dict()) == cfg
+
+
+_BAD_CONFIGS = [
+    ({"architectures": ["GPT2LMHeadModel"]}, "unsupported HF architecture GPT2LMHeadModel"),
+    ({"architectures": [], "model_type": "gemma"}, "model_type='gemma'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope scaling.*yarn"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "'linear'.*supported.*llama3"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"intermediate_size": None}, r"lacks \['intermediate_size'\]"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), _BAD_CONFIGS)
+def test_config_from_hf_rejects(change, message):
+    hf = {k: v for k, v in (PUBLISHED_CONFIGS["llama3.1-8b"] | change).items() if v is not None}
+    with pytest.raises(ValueError, match=message):
+        config_from_hf(hf)
+
+
+def test_config_from_hf_rejects_qwen2_sliding_window():
+    hf = PUBLISHED_CONFIGS["qwen2.5-7b"] | {"use_sliding_window": True}
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        config_from_hf(hf)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"qkv_bias": True}, "qkv_bias=True cannot be expressed as LlamaForCausalLM"),
+        ({"sliding_window": 8}, "sliding_window=8 needs MistralForCausalLM"),
+        ({"hf_architecture": "PhiForCausalLM"}, "hf_architecture='PhiForCausalLM'"),
+    ],
+)
+def test_hf_config_rejects_inexpressible(changes, message):
+    with pytest.raises(ValueError, match=message):
+        hf_config(get_preset("llama3.1-8b", **changes))
+
+
+def _rewrite_weights(src, dst, edit):
+    """Copies checkpoint `src` to `dst` with its single safetensors file passed through `edit`."""
+    shutil.copytree(src, dst)
+    tensors = edit(load_file(dst / "model.safetensors"))
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def _with_extra(name, value):
+    return lambda tensors: tensors | {name: value}
+
+
+_LAYER0 = "model.layers.0."
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (
+            lambda t: {k: v for k, v in t.items() if k != _LAYER0 + "mlp.up_proj.weight"},
+            ValueError,
+            r"lacks 1 tensors: \['model.layers.0.mlp.up_proj.weight'\]",
+        ),
+        (
+            _with_extra("model.layers.0.self_attn.extra.weight", np.zeros(3, np.float32)),
+            ValueError,
+            "unexpected tensors: .*self_attn.extra.weight",
+        ),
+        (
+            lambda t: t | {_LAYER0 + "self_attn.k_proj.weight": np.zeros((16, 64), np.float32)},
+            ValueError,
+            r"'model.layers.0.self_attn.k_proj.weight' has shape \(16, 64\), expected \(32, 64\)",
+        ),
+        (
+            lambda t: t | {"model.norm.weight": np.zeros(64, np.int8)},
+            ValueError,
+            "'model.norm.weight' has dtype I8",
+        ),
+    ],
+    ids=["missing", "extra", "shape", "dtype"],
+)
+def test_from_hf_rejects_bad_weights(llama_dir, tmp_path, edit, error, message):
+    bad = _rewrite_weights(llama_dir, tmp_path / "bad", edit)
+    with pytest.raises(error, match=message):
+        from_hf(bad)
+
+
+def test_from_hf_ignores_rotary_inv_freq(llama_dir, tmp_path):
+    inv_freq = _with_extra(_LAYER0 + "self_attn.rotary_emb.inv_freq", np.ones(8, np.float32))
+    model = from_hf(_rewrite_weights(llama_dir, tmp_path / "ok", inv_freq))
+    want = load_file(llama_dir / "model.safetensors")["model.norm.weight"]
+    np.testing.assert_array_equal(np.asarray(model.final_norm.scale.get_value()), want)
+
+
+def test_from_hf_missing_files(llama_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        from_hf(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        from_hf(tmp_path / "empty")
+    only_config = tmp_path / "only_config"
+    only_config.mkdir()
+    shutil.copy(llama_dir / "config.json", only_config)
+    (only_config / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="only safetensors.*pytorch_model.bin"):
+        from_hf(only_config)
+
+
+def test_from_hf_index_naming_missing_shard(tmp_path):
+    broken = tmp_path / "broken"
+    _hf_model("llama").save_pretrained(broken, max_shard_size="60KB")
+    weight_map = json.loads((broken / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = weight_map["model.layers.1.mlp.up_proj.weight"]
+    (broken / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=f"names missing files.*{shard}"):
+        from_hf(broken)
+
+
+def test_to_hf_refuses_non_empty_directory_then_overwrites(llama_dir, tmp_path):
+    model = from_hf(llama_dir)
+    out = tmp_path / "out"
+    to_hf(model, out, max_shard_size="50KB")
+    num_shards = len(list(out.glob("model-*.safetensors")))
+    assert num_shards > 1
+    (out / "tokenizer.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="not empty; pass overwrite=True"):
+        to_hf(model, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    to_hf(model, out, overwrite=True)
+    names = {p.name for p in out.iterdir()}
+    assert names == {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"}
+    assert config_from_hf(json.loads((out / "config.json").read_text())) == model.cfg
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dtype": "int8"}, "dtype='int8'"),
+        ({"max_shard_size": "5 parsecs"}, "max_shard_size='5 parsecs'"),
+        ({"max_shard_size": 0}, "max_shard_size=0"),
+        ({"extra_config": {"hidden_size": 1}}, r"may not set \['hidden_size'\]"),
+    ],
+)
+def test_to_hf_rejects_bad_arguments(llama_dir, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        to_hf(from_hf(llama_dir), tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,102 @@
+"""Prompt templates for zero RL, and SimpleRL-Zoo's choice of template per model family.
+
+Every template is `prefix + question + suffix`, which keeps rendering trivial in Python and
+in TensorFlow string ops (the seqio preprocessors) alike.
+
+Sources: `qwen_boxed` and `abel` are the two prompts of SimpleRL-Zoo (Zeng et al., 2025,
+arXiv:2503.18892): its "qwen" training data puts the instruction in the system turn of the Qwen
+chat format (the layout shown in the simpleRL-reason issues #10/#87), and its "abel" data uses the
+Abel prompt. `r1_zero` is Table 1 of the DeepSeek-R1 report (arXiv:2501.12948).
+The Qwen2.5-Math evaluation harness's own "qwen-boxed" differs from `qwen_boxed`: it keeps the
+system turn "You are a helpful assistant." and appends the instruction to the question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A prompt template.
+
+    Attributes:
+      name: registry name.
+      prefix, suffix: text around the raw question.
+      stop_strings: strings that end a response besides the tokenizer's stop tokens.
+    """
+
+    name: str
+    prefix: str
+    suffix: str
+    stop_strings: tuple[str, ...] = ()
+
+    def render(self, question: str) -> str:
+        return f"{self.prefix}{question}{self.suffix}"
+
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            "qwen_boxed",
+            prefix=(f"<|im_start|>system\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>user\n"),
+            suffix="<|im_end|>\n<|im_start|>assistant\n",
+            stop_strings=("<|im_end|>",),
+        ),
+        Template("abel", prefix="Question:\n", suffix="\nAnswer:\nLet's think step by step.\n"),
+        Template(
+            "r1_zero",
+            prefix=(
+                "A conversation between User and Assistant. The user asks a question, and the "
+                "Assistant solves it. The assistant first thinks about the reasoning process in "
+                "the mind and then provides the user with the answer. The reasoning process and "
+                "answer are enclosed within <think> </think> and <answer> </answer> tags, "
+                "respectively, i.e., <think> reasoning process here </think> <answer> answer "
+                "here </answer>. User: "
+            ),
+            suffix=". Assistant:",
+            stop_strings=("</answer>",),
+        ),
+        # The question verbatim: tiny models trained from scratch on self-delimiting tasks.
+        Template("plain", prefix="", suffix=""),
+    )
+}
+
+# SimpleRL-Zoo trains the models with weak instruction following (Llama-3.1-8B, Mistral-7B,
+# DeepSeek-Math-7B, Qwen2.5-0.5B/1.5B) with the simple Abel prompt; the rest (Qwen2.5-7B and up,
+# Qwen2.5-Math-7B, Mistral-Small-24B) with the Qwen chat prompt. First match wins.
+_FAMILY_DEFAULTS: tuple[tuple[str, str], ...] = (
+    (r"tiny|toy", "plain"),
+    (r"qwen[-_]?2[._]5[-_](0[._]5|1[._]5)b", "abel"),
+    (r"qwen", "qwen_boxed"),
+    (r"mistral[-_]?small", "qwen_boxed"),
+    (r"mistral|llama|deepseek", "abel"),
+)
+
+
+def get_template(name: str) -> Template:
+    """The template called `name` (hyphens and underscores are interchangeable)."""
+    key = name.replace("-", "_")
+    if key not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; valid names: {sorted(TEMPLATES)}")
+    return TEMPLATES[key]
+
+
+def apply_template(name: str, question: str) -> str:
+    """Renders `question` with the template called `name`."""
+    return get_template(name).render(question)
+
+
+def default_template(model_name: str) -> str:
+    """SimpleRL-Zoo's template for a model, e.g. "Qwen2.5-Math-7B" -> "qwen_boxed"."""
+    lowered = model_name.lower()
+    for pattern, template in _FAMILY_DEFAULTS:
+        if re.search(pattern, lowered):
+            return template
+    raise ValueError(
+        f"no default template for model {model_name!r}; choose one of {sorted(TEMPLATES)}"
+    )
