@@ -109,6 +109,13 @@ def rollout_logprobs(graphdef, params, tokens_bt, positions_bt, *, prompt_len, n
     return constrain(logp.reshape(rows, -1), ("batch", "length"))
 
 
+def _loss_count(mask_bn: jax.Array, aggregation: str) -> jax.Array:
+    """What the aggregation averages over: tokens, or sequences with at least one token."""
+    if aggregation == "token_mean":
+        return jnp.sum(mask_bn)
+    return jnp.sum(jnp.any(mask_bn > 0, axis=-1).astype(jnp.float32))
+
+
 def rollout_advantages(rollout: Rollout, opts: UpdateOptions):
     """Per-token advantages [rows, N] from the group rewards (computed inside jit)."""
     rewards_pg = rollout.rewards_pg
@@ -187,11 +194,17 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
             x[rows_idx].reshape(opts.num_microbatches, micro, *x.shape[1:]) for x in fields
         )
 
-        def micro_step(acc, mbatch):
+        # Each microbatch's loss is a mean over its own tokens (or sequences); weighting it by
+        # its share of the minibatch makes the accumulated gradient that of the whole minibatch.
+        counts = jax.vmap(lambda m: _loss_count(m, opts.loss.aggregation))(batch[2])
+        weights = counts / jnp.maximum(jnp.sum(counts), 1.0)
+
+        def micro_step(acc, args):
+            mbatch, weight = args
             (loss, metrics), grads = grad_fn(p, mbatch)
             acc_grads, acc_loss, acc_metrics = acc
-            add = lambda a, b: jax.tree.map(jnp.add, a, b)
-            return (add(acc_grads, grads), acc_loss + loss, add(acc_metrics, metrics)), None
+            add = lambda a, b: jax.tree.map(lambda x, y: x + weight * y, a, b)
+            return (add(acc_grads, grads), acc_loss + weight * loss, add(acc_metrics, metrics)), None
 
         zero_metrics = jax.eval_shape(lambda: grad_fn(p, jax.tree.map(lambda x: x[0], batch))[0][1])
         init = (
@@ -199,12 +212,9 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
             jnp.float32(0),
             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics),
         )
-        (grads, loss, metrics), _ = jax.lax.scan(micro_step, init, batch)
-        scale = 1.0 / opts.num_microbatches
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        metrics = jax.tree.map(lambda m: m * scale, metrics)
-        metrics["loss"] = loss * scale
-        metrics["grad_norm"] = optax.global_norm(grads)
+        (grads, loss, metrics), _ = jax.lax.scan(micro_step, init, (batch, weights))
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.tree.norm(grads)
         updates, o = tx.update(grads, o, p)
         p = optax.apply_updates(p, updates)
         return (p, o), metrics
