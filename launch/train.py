@@ -12,9 +12,19 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from zero_rl.train.config import check_command_line
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "tiny.py")
+if __name__ == "__main__":
+    # Before the flags are defined: config_flags applies `--config.*` overrides right away and
+    # would name a mistyped key without listing the valid ones.
+    try:
+        check_command_line(sys.argv[1:], _DEFAULT_CONFIG)
+    except (KeyError, FileNotFoundError) as err:
+        sys.exit(f"error: {err.args[0]}")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "tiny.py"), "run config file", lock_config=True
+    "config", _DEFAULT_CONFIG, "run config file", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/zero-rl-tiny", "checkpoints, logs, config")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -44,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    app.run(main)

@@ -20,17 +20,31 @@ SOURCE = "synthetic_addition"
 
 @dataclasses.dataclass(frozen=True)
 class AdditionTask:
-    """Problems a + b with a, b in [low, high]; `eval_size` of them are held out."""
+    """Problems a + b with a, b in [low, high]; `eval_size` of them are held out.
+
+    `carry_fraction` sets the share of problems whose units digits carry (by dropping some of
+    the others): the noisy teacher's mistakes live there, so it sets how much RL can fix.
+    """
 
     low: int = 10
     high: int = 99
     eval_size: int = 200
     seed: int = 0
+    carry_fraction: float = 0.75
 
     def _pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         values = range(self.low, self.high + 1)
         pairs = [(a, b) for a in values for b in values]
-        order = np.random.default_rng(self.seed).permutation(len(pairs))
+        carry = [p for p in pairs if needs_carry(*p)]
+        no_carry = [p for p in pairs if not needs_carry(*p)]
+        if not 0 < self.carry_fraction <= 1:
+            raise ValueError(f"carry_fraction must be in (0, 1], got {self.carry_fraction}")
+        keep = min(
+            len(no_carry), round(len(carry) * (1 - self.carry_fraction) / self.carry_fraction)
+        )
+        rng = np.random.default_rng(self.seed)
+        pairs = sorted(carry + [no_carry[i] for i in rng.permutation(len(no_carry))[:keep]])
+        order = rng.permutation(len(pairs))
         if self.eval_size >= len(pairs):
             raise ValueError(f"eval_size={self.eval_size} leaves no training problems")
         held_out = [pairs[i] for i in order[: self.eval_size]]
@@ -43,6 +57,10 @@ class AdditionTask:
         if name not in ("train", "eval"):
             raise ValueError(f"unknown split {name!r}; valid: train, eval")
         return [make_example(a, b) for a, b in (train if name == "train" else held_out)]
+
+
+def needs_carry(a: int, b: int) -> bool:
+    return (a % 10 + b % 10) >= 10
 
 
 def question(a: int, b: int) -> str:
@@ -74,8 +92,7 @@ def sft_pairs(
     pairs = []
     for ex in examples:
         a, b = ex.meta["a"], ex.meta["b"]
-        needs_carry = (a % 10 + b % 10) >= 10
-        forget = needs_carry and rng.random() < carry_error_rate
+        forget = needs_carry(a, b) and rng.random() < carry_error_rate
         pairs.append((ex.prompt, solution(a, b, forget_carry=forget)))
     return pairs
 

@@ -28,6 +28,8 @@ class Checkpointer:
         self, directory: str, *, keep: int = 3, keep_best: bool = True, async_save: bool = True
     ):
         self.directory = os.path.abspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"checkpoint directory {self.directory} exists and is a file")
         policies: list[pp.PreservationPolicy] = [pp.LatestN(n=keep)]
         if keep_best:
             policies.append(

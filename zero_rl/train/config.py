@@ -196,12 +196,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
     For notebooks; the launchers use absl's `config_flags` for the same files.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_zero_rl_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = _load_module_config(path)
     for item in overrides:
         key, _, raw = item.partition("=")
         set_override(config, key.strip(), raw.strip())
@@ -227,6 +222,35 @@ def set_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
     else:
         value = raw
     node[leaf] = value
+
+
+def check_command_line(argv: Sequence[str], default_config: str) -> None:
+    """Checks `--config.a.b=v` arguments against the config file's keys before absl parses
+    them, so that a typo fails with the list of valid keys (absl only names the bad key)."""
+    path = default_config
+    for arg in argv:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    config = _load_module_config(path)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config.") :].split("=", 1)[0]
+        node, parts = config, key.split(".")
+        for i, name in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                raise KeyError(_unknown(".".join(parts[:i]), name, node))
+            node = node[name]
+
+
+def _load_module_config(path: str) -> ml_collections.ConfigDict:
+    config_path, _, arg = path.partition(":")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"config file {config_path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_zero_rl_config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _unknown(prefix: str, name: str, node: ml_collections.ConfigDict) -> str:
