@@ -1,0 +1,229 @@
+"""Is a predicted final answer equivalent to the gold answer?
+
+Two stages. `fast_equivalence` settles most real answers with string keys and exact `Fraction`
+arithmetic in microseconds and bounded time; only what it cannot decide goes to
+`symbolic_equivalence`: math-verify parses both (LaTeX -> sympy through its ANTLR grammar), a
+numeric probe rejects clearly different values, and math-verify's `verify` decides the rest. That
+stage has no time bound of its own: `VerifierPool` runs it in workers under a wall-clock timeout.
+
+Nothing here executes model text: no `eval`, no `sympify`/`parse_expr` on strings. math-verify's
+plain-expression extractor is deliberately not used because it calls sympy's `parse_expr`, which
+evaluates Python; only its LaTeX extractor is.
+"""
+
+from __future__ import annotations
+
+import cmath
+import functools
+import logging
+from fractions import Fraction
+
+from zero_rl.rewards.normalize import (
+    MAX_ANSWER_CHARS,
+    Collection,
+    Number,
+    Value,
+    choice_letter,
+    is_word,
+    normalize_answer,
+    parse_value,
+)
+
+# Relative tolerance for answers written as decimals, as in the Qwen2.5-Math grader that
+# SimpleRL-Zoo evaluates with (so 0.3333 matches 1/3); integers and fractions compare exactly.
+DEFAULT_REL_TOL = 1e-4
+
+
+def _numbers_match(pred: Number, gold: Number, rel_tol: float) -> bool:
+    if pred.infinite or gold.infinite:
+        return pred.infinite == gold.infinite
+    candidates = [gold.value]
+    # "25\%" is matched by 25 and by 0.25, either way round; a bare 25 never matches 0.25.
+    if gold.percent and not pred.percent:
+        candidates.append(gold.value / 100)
+    if pred.percent and not gold.percent:
+        candidates.append(gold.value * 100)
+    tolerance = Fraction(rel_tol)  # exact: a float product overflows for 1e400
+    for value in candidates:
+        if pred.value == value:
+            return True
+        if pred.approximate or gold.approximate:
+            scale = max(abs(pred.value), abs(value))
+            if abs(pred.value - value) <= tolerance * scale:
+                return True
+    return False
+
+
+def _all(verdicts) -> bool | None:
+    """Three-valued AND: False if any is False, True if all are True, else None (undecided)."""
+    undecided = False
+    for verdict in verdicts:
+        if verdict is False:
+            return False
+        undecided |= verdict is None
+    return None if undecided else True
+
+
+def _values_match(pred: Value, gold: Value, rel_tol: float) -> bool | None:
+    """True/False where numbers and structure decide; None where a symbolic part needs sympy."""
+    if isinstance(pred, str) or isinstance(gold, str):
+        return True if pred == gold else None
+    if isinstance(pred, Number) and isinstance(gold, Number):
+        return _numbers_match(pred, gold, rel_tol)
+    if isinstance(pred, Number) or isinstance(gold, Number):
+        return False  # one number against several: a hedge such as "3, 5" for "3" is wrong
+    if pred.ordered != gold.ordered or (pred.opening == "\\cup") != (gold.opening == "\\cup"):
+        return None  # a tuple written for a list of answers, or one interval for a union
+    if gold.ordered:
+        if (pred.opening, pred.closing, len(pred.elements)) != (
+            gold.opening,
+            gold.closing,
+            len(gold.elements),
+        ):
+            return False  # (1, 2) is neither [1, 2] nor (1, 2, 3)
+        return _all(_values_match(p, g, rel_tol) for p, g in zip(pred.elements, gold.elements))
+    # Sets: every element on each side equals one on the other. Symbolic elements, or unions
+    # (whose overlapping parts can be split differently), decide only when they match.
+    covered = _all(_any(_values_match(p, g, rel_tol) for p in pred.elements) for g in gold.elements)
+    covering = _all(
+        _any(_values_match(p, g, rel_tol) for g in gold.elements) for p in pred.elements
+    )
+    verdict = _all((covered, covering))
+    symbolic = gold.opening == "\\cup" or not all(map(_is_numeric, gold.elements + pred.elements))
+    return None if verdict is False and symbolic else verdict
+
+
+def _any(verdicts) -> bool | None:
+    """Three-valued OR."""
+    undecided = False
+    for verdict in verdicts:
+        if verdict is True:
+            return True
+        undecided |= verdict is None
+    return None if undecided else False
+
+
+def _is_numeric(value: Value) -> bool:
+    if isinstance(value, Collection):
+        return all(map(_is_numeric, value.elements))
+    return isinstance(value, Number)
+
+
+def fast_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> bool | None:
+    """True/False when cheap checks decide, None when a symbolic check is needed.
+
+    Decides: equal normalised strings; plain numbers (exact, or within `rel_tol` relative when a
+    decimal is involved; percentages); tuples, intervals, unions and sets by their structure and
+    numeric elements (sets and bare lists order-insensitive); multiple-choice letters; plain
+    words (case-insensitive). Runs in time linear in the input; a prediction longer than
+    `MAX_ANSWER_CHARS` is False.
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        raise TypeError(f"answers must be str, got {type(pred).__name__} and {type(gold).__name__}")
+    if len(pred) > MAX_ANSWER_CHARS:
+        return False
+    pred_key, pred_percent = normalize_answer(pred)
+    gold_key, gold_percent = normalize_answer(gold)
+    if not pred_key:
+        return False
+    if pred_key == gold_key:
+        return True
+    gold_choice = choice_letter(gold)
+    if gold_choice is not None:
+        return choice_letter(pred) == gold_choice
+    if is_word(gold_key) and is_word(pred_key):
+        return pred_key.casefold() == gold_key.casefold()
+    gold_value = parse_value(gold_key, gold_percent)
+    pred_value = parse_value(pred_key, pred_percent)
+    return _values_match(pred_value, gold_value, rel_tol)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_latex(answer: str) -> tuple:
+    """math-verify's parse of one answer (a sympy object and its normalised string), cached
+    because a batch scores many samples against the same few gold answers."""
+    import math_verify
+
+    # It warns that its own timeout is disabled; ours is enforced by the pool.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # Wrapped in \boxed so that math-verify reads the whole answer as one LaTeX expression.
+    return tuple(
+        math_verify.parse(
+            "\\boxed{" + answer + "}",
+            extraction_config=[math_verify.LatexExtractionConfig()],
+            parsing_timeout=None,  # its signal-based timeout breaks off the main thread
+        )
+    )
+
+
+# Generic positive points at which to compare expressions in up to eight free symbols.
+_PROBE_POINTS = (
+    (0.5377, 1.8339, 2.2588, 0.8622, 0.3188, 1.3077, 0.4336, 0.3426),
+    (1.5784, 2.7694, 1.3499, 3.0349, 0.7254, 0.0631, 0.7147, 0.2050),
+    (0.1241, 1.4897, 1.4090, 1.4172, 0.6715, 1.2075, 0.7172, 1.6302),
+)
+# math-verify never accepts two values further apart than this (it rounds floats to 6 places).
+_PROBE_TOLERANCE = 1e-6
+
+
+def _clearly_different(gold, pred) -> bool:
+    """True when two scalar sympy expressions evaluate to clearly different numbers.
+
+    math-verify's last resort is `simplify(gold - pred)`, which takes 0.1-0.8 s for wrong answers
+    such as 11*sqrt(34) against 34*sqrt(11); evaluating both at a few points settles those in
+    milliseconds. Only "different" is concluded here, never "equal", and only for plain
+    expressions: not symbols (math-verify matches words letter by letter), not percentages, not
+    relations, sets or matrices, which it compares in other ways.
+    """
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+        return False
+    if gold.is_Symbol or pred.is_Symbol or gold.has(sympy.UnevaluatedExpr, sympy.Function):
+        return False
+    if pred.has(sympy.UnevaluatedExpr, sympy.Function):
+        return False
+    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    if len(symbols) > len(_PROBE_POINTS[0]):
+        return False
+    for point in _PROBE_POINTS if symbols else _PROBE_POINTS[:1]:
+        values = dict(zip(symbols, point))
+        try:
+            a, b = complex(gold.evalf(30, subs=values)), complex(pred.evalf(30, subs=values))
+        except (TypeError, ValueError, ArithmeticError):
+            return False  # not a number at this point: leave it to math-verify
+        if not (cmath.isfinite(a) and cmath.isfinite(b)):
+            return False
+        if abs(a - b) > _PROBE_TOLERANCE * max(1.0, abs(a), abs(b)):
+            return True
+    return False
+
+
+def symbolic_equivalence(pred: str, gold: str) -> bool:
+    """math-verify's verdict (sympy: symbolic, numeric, sets, intervals, matrices, equations).
+
+    Has no time limit: some inputs (`9^{9^{9^{9}}}`) never finish, so call it through
+    `VerifierPool` unless the input is trusted.
+    """
+    import math_verify
+
+    if len(pred) > MAX_ANSWER_CHARS:
+        return False
+    gold_parsed, pred_parsed = _parse_latex(gold), _parse_latex(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    if _clearly_different(gold_parsed[0], pred_parsed[0]):
+        return False
+    return bool(math_verify.verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
+
+
+def is_equivalent(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> bool:
+    """Whether `pred` (an extracted final answer) is equivalent to `gold`, in-process.
+
+    Cheap exact and numeric checks first, then math-verify/sympy. No timeout: untrusted input
+    should go through `VerifierPool.check`, which wraps this function.
+    """
+    verdict = fast_equivalence(pred, gold, rel_tol=rel_tol)
+    if verdict is not None:
+        return verdict
+    return symbolic_equivalence(pred, gold)

@@ -1,0 +1,254 @@
+"""Cheap, linear-time normalisation of final answers, and exact values for plain numbers.
+
+This is the fast path of the verifier: it settles most real answers (integers, decimals, fractions,
+percentages, numeric tuples and sets, choice letters, words) with string and `Fraction` arithmetic,
+so sympy is only needed where an answer is genuinely symbolic. Every regex here is free of nested
+quantifiers and runs on strings capped at `MAX_ANSWER_CHARS`, so model text cannot make it slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from fractions import Fraction
+
+# Real gold answers are at most a few hundred characters (the longest in MATH500 and OlympiadBench
+# is ~200); anything longer from a policy is degenerate text, scored incorrect without parsing.
+MAX_ANSWER_CHARS = 1000
+# Integers longer than this are not compared numerically (and never reach `int()` on huge strings).
+_MAX_DIGITS = 200
+_MAX_EXPONENT = 400
+_MAX_ELEMENTS = 64
+
+# Macros that only change spacing or style.
+_IGNORED_MACROS = ("\\!", "\\,", "\\;", "\\:", "\\ ", "\\quad", "\\qquad", "\\displaystyle", "~")
+_TEXT_MACROS = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)"
+_TEXT_RE = re.compile(_TEXT_MACROS + r"\s*\{([^{}]*)\}")
+# A trailing unit: "12\text{ cm}", "864 \mbox{ inches}^2", "5.4 \text{ cents}".
+_TEXT_UNIT_RE = re.compile(_TEXT_MACROS + r"\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?$")
+# A trailing plain-word unit after a number: "70000 dollars", "18 eggs", "6 cm^2".
+_WORD_UNIT_RE = re.compile(r"^([-+]?[\d.,]+)\s+[A-Za-z][A-Za-z ]{0,40}(?:\^\{?\d\}?)?$")
+_CONNECTIVES = frozenset({"or", "and", "to", "plus", "minus", "times", "over", "divided", "by"})
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degrees?\b")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
+_ASSIGNMENT_RE = re.compile(r"^[A-Za-z](?:_\{?\w{1,8}\}?)?\s*(?:=|\\in(?![A-Za-z]))\s*")
+_FRAC_SHORT_RE = (
+    (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\w)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac\s*(\w)\s*\{"), r"\\frac{\1}{"),
+    (re.compile(r"\\sqrt\s*(\w)"), r"\\sqrt{\1}"),
+    (re.compile(r"([_^])\{(\w)\}"), r"\1\2"),
+)
+_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+
+_INT_RE = re.compile(r"^([-+]?)(\d+)$")
+_DECIMAL_RE = re.compile(r"^([-+]?)(\d*)\.(\d+)$")
+_SCI_RE = re.compile(r"^([-+]?\d*\.?\d+)(?:[eE]|\\times10\^|\\cdot10\^|\*10\^)\{?([-+]?\d+)\}?$")
+_FRAC_RE = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$")
+_SLASH_RE = re.compile(r"^([-+]?\d+)/(\d+)$")
+_MIXED_RE = re.compile(r"^(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
+_CHOICE_RE = re.compile(r"^\(?([A-E])\)?$")
+_WORD_RE = re.compile(r"^[A-Za-z]{3,}$")
+_INFINITIES = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1, "∞": 1, "-∞": -1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """An exactly parsed number; `approximate` when written as a decimal (so tolerance applies).
+
+    `infinite` is +1/-1 for `\\infty`/`-\\infty` (then `value` is unused).
+    """
+
+    value: Fraction
+    approximate: bool = False
+    percent: bool = False
+    infinite: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """A tuple, interval, set, union or bare list, written with brackets `opening`/`closing`.
+
+    `ordered` is False for sets (`\\{...\\}`), unions of intervals (`opening == "\\cup"`) and bare
+    comma lists (several answers to one question, as OlympiadBench writes them).
+    """
+
+    elements: tuple[Value, ...]
+    ordered: bool
+    opening: str = ""
+    closing: str = ""
+
+
+# A plain number, a collection, or (as its normalised key) a symbolic part only sympy can compare.
+Value = Number | Collection | str
+
+
+def normalize_answer(answer: str) -> tuple[str, bool]:
+    """Canonical string key of a final answer, and whether it carried a percent sign.
+
+    Removes what does not change the value (math delimiters, `\\left`, spacing macros, `\\dfrac`,
+    degree signs, units after a number, `x =` in front, thousands separators, whitespace), so
+    that equal answers written in the usual different ways compare equal as strings.
+    """
+    s = answer.strip().replace("\n", " ")
+    s = s.replace("\\$", "").replace("$", "")
+    for opening, closing in (("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(opening) and s.endswith(closing):
+            s = s[len(opening) : -len(closing)]
+    s = _LEFT_RIGHT_RE.sub("", s)
+    for macro in _IGNORED_MACROS:
+        s = s.replace(macro, " " if macro == "~" else "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = _DEGREE_RE.sub("", s)
+    percent = "%" in s
+    s = s.replace("\\%", "").replace("%", "").strip().rstrip(".").strip()
+    without_unit = _TEXT_UNIT_RE.sub("", s).strip()
+    if without_unit:  # "\text{Evelyn}" alone is the answer, not a unit
+        s = without_unit
+    s = _TEXT_RE.sub(r"\1", s).strip()
+    word_unit = _WORD_UNIT_RE.match(s)
+    if word_unit and not _CONNECTIVES.intersection(s[word_unit.end(1) :].lower().split()):
+        s = word_unit.group(1)
+    assignment = _ASSIGNMENT_RE.match(s)
+    if assignment and "=" not in s[assignment.end() :]:  # "x=1,y=2" is a tuple, kept whole
+        s = s[assignment.end() :]
+    for pattern, replacement in _FRAC_SHORT_RE:
+        s = pattern.sub(replacement, s)
+    s = "".join(s.split()).rstrip(".")
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    return s, percent
+
+
+def parse_number(key: str, percent: bool = False) -> Number | None:
+    """Exact value of a normalised key that is a plain number, else None.
+
+    Accepts integers, decimals, scientific notation, `\\frac{a}{b}`, `a/b` and mixed numbers
+    (`1\\frac{4}{5}`); anything with symbols is left to sympy.
+    """
+    if len(key) > _MAX_DIGITS + 20:
+        return None
+    if key in _INFINITIES:
+        return Number(Fraction(0), infinite=_INFINITIES[key])
+    if m := _INT_RE.match(key):
+        return Number(Fraction(int(m.group(1) + m.group(2))), percent=percent)
+    if m := _DECIMAL_RE.match(key):
+        return Number(Fraction(f"{m.group(1)}{m.group(2) or '0'}.{m.group(3)}"), True, percent)
+    if m := _FRAC_RE.match(key):
+        numerator, denominator = int(m.group(2)), int(m.group(3))
+        if denominator == 0:
+            return None
+        sign = -1 if m.group(1) == "-" else 1
+        return Number(sign * Fraction(numerator, denominator), percent=percent)
+    if m := _SLASH_RE.match(key):
+        if int(m.group(2)) == 0:
+            return None
+        return Number(Fraction(int(m.group(1)), int(m.group(2))), percent=percent)
+    if m := _MIXED_RE.match(key):
+        whole, numerator, denominator = (int(g) for g in m.groups())
+        # Only a proper fraction reads as a mixed number; `2\frac{3}{2}` is left to sympy.
+        if 0 < numerator < denominator:
+            return Number(whole + Fraction(numerator, denominator), percent=percent)
+        return None
+    if m := _SCI_RE.match(key):
+        exponent = int(m.group(2))
+        if abs(exponent) > _MAX_EXPONENT:
+            return None
+        return Number(Fraction(m.group(1)) * Fraction(10) ** exponent, True, percent)
+    return None
+
+
+def _split_top_level(body: str) -> list[str] | None:
+    """Split on commas outside brackets; None when the brackets do not balance."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\" and body.startswith(("\\{", "\\}"), i):
+            depth += 1 if body[i + 1] == "{" else -1
+            i += 2
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+        if depth < 0:
+            return None
+        i += 1
+    if depth != 0:
+        return None
+    parts.append(body[start:])
+    return parts
+
+
+def _enclosing_brackets(key: str) -> tuple[str, str, str] | None:
+    """(opening, body, closing) when one bracket pair encloses the whole key."""
+    if key.startswith("\\{") and key.endswith("\\}"):
+        opening, closing = "\\{", "\\}"
+    elif key[:1] in "([" and key[-1:] in ")]" and len(key) >= 2:
+        opening, closing = key[0], key[-1]
+    else:
+        return None
+    body = key[len(opening) : -len(closing)]
+    # "(1,2)\cup(3,4)" starts and ends with brackets that are not a pair: the body must balance.
+    return (opening, body, closing) if _split_top_level(body) is not None else None
+
+
+def _split_union(key: str) -> list[str] | None:
+    """Parts of a union of intervals `A\\cupB\\cup...` at bracket depth 0, or None."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(key):
+        char = key[i]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0 and key.startswith("\\cup", i):
+            parts.append(key[start:i])
+            start = i = i + len("\\cup")
+            continue
+        i += 1
+    parts.append(key[start:])
+    return parts if len(parts) > 1 else None
+
+
+def parse_value(key: str, percent: bool = False, depth: int = 0) -> Value:
+    """The structure of a normalised key: a number, a (nested) collection, or the key itself
+    where it is symbolic."""
+    number = parse_number(key, percent)
+    if number is not None or depth > 3 or not key:
+        return key if number is None else number
+    union = _split_union(key)
+    if union is not None and len(union) <= _MAX_ELEMENTS:
+        elements = tuple(parse_value(part, percent, depth + 1) for part in union)
+        return Collection(elements, ordered=False, opening="\\cup")
+    enclosed = _enclosing_brackets(key)
+    if enclosed is not None:
+        opening, body, closing = enclosed
+        parts = _split_top_level(body)
+        if len(parts) == 1 and opening == "(":
+            return parse_value(body, percent, depth + 1)
+        ordered = opening != "\\{"
+    else:
+        parts = _split_top_level(key)
+        if parts is None or len(parts) < 2:
+            return key
+        opening, closing, ordered = "", "", False
+    if len(parts) > _MAX_ELEMENTS:
+        return key
+    elements = tuple(parse_value(part, percent, depth + 1) for part in parts)
+    return Collection(elements, ordered, opening, closing)
+
+
+def choice_letter(answer: str) -> str | None:
+    """The letter of a multiple-choice answer such as `(C)`, `\\text{(C)}` or `C`, else None."""
+    key, _ = normalize_answer(answer)
+    match = _CHOICE_RE.match(key)
+    return match.group(1) if match else None
+
+
+def is_word(key: str) -> bool:
+    """True for a normalised key that is a plain word ("Evelyn", "even", "ellipse")."""
+    return bool(_WORD_RE.match(key))

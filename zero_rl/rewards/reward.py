@@ -1,0 +1,200 @@
+"""Rewards for RL from verifiable answers: correctness, format-aware, DAPO's overlong penalty."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from zero_rl.rewards.equivalence import DEFAULT_REL_TOL
+from zero_rl.rewards.extract import extract
+from zero_rl.rewards.pool import VerifierPool
+
+MODES = ("correctness", "format_aware")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """How responses are scored; build it from keyword args (`RewardConfig(**config.reward)`).
+
+    mode="correctness": `correct_reward` / `incorrect_reward`, minus `format_penalty` when the
+    response has no `\\boxed{}` answer.
+    mode="format_aware" (SimpleRL-Zoo): correct and boxed `correct_boxed_reward`; correct but not
+    boxed (e.g. "the answer is 5") `correct_unboxed_reward`; wrong but boxed `wrong_boxed_reward`;
+    anything else, i.e. no answer or a wrong unboxed one, `no_answer_reward`.
+
+    `timeout_s` bounds each equivalence check (a timed-out check is incorrect); `num_workers` sizes
+    the default pool; `overlong_cache_len` > 0 asks the trainer for DAPO's `overlong_penalty`.
+    """
+
+    mode: str = "correctness"
+    correct_reward: float = 1.0
+    incorrect_reward: float = 0.0
+    correct_boxed_reward: float = 1.0
+    correct_unboxed_reward: float = 0.5
+    wrong_boxed_reward: float = -0.5
+    no_answer_reward: float = -1.0
+    format_penalty: float = 0.0
+    last_number_fallback: bool = False
+    rel_tol: float = DEFAULT_REL_TOL
+    timeout_s: float = 2.0
+    num_workers: int | None = None
+    overlong_cache_len: int = 0
+    overlong_factor: float = 1.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"RewardConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.format_penalty < 0:
+            raise ValueError(
+                f"format_penalty is subtracted; give it >= 0, got {self.format_penalty}"
+            )
+        if self.format_penalty and self.mode != "correctness":
+            raise ValueError(
+                "format_penalty applies to mode='correctness' only; format_aware "
+                "prices the format through its four rewards"
+            )
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.rel_tol < 0:
+            raise ValueError(f"rel_tol must be >= 0, got {self.rel_tol}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 or None, got {self.num_workers}")
+        if self.overlong_cache_len < 0 or self.overlong_factor < 0:
+            raise ValueError("overlong_cache_len and overlong_factor must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The grading of one response."""
+
+    correct: bool
+    extracted: str | None
+    reward: float
+    timed_out: bool
+    boxed: bool
+
+
+def reward_for(correct: bool, boxed: bool, config: RewardConfig) -> float:
+    """The scalar reward of one graded response under `config`."""
+    if config.mode == "correctness":
+        reward = config.correct_reward if correct else config.incorrect_reward
+        return reward - (0.0 if boxed else config.format_penalty)
+    if correct:
+        return config.correct_boxed_reward if boxed else config.correct_unboxed_reward
+    return config.wrong_boxed_reward if boxed else config.no_answer_reward
+
+
+_default_pool: VerifierPool | None = None
+_default_pool_lock = threading.Lock()
+
+
+def default_pool(num_workers: int | None = None) -> VerifierPool:
+    """The module-level pool, created on first use and reused (recreated if `num_workers`
+    changes or it was closed)."""
+    global _default_pool
+    with _default_pool_lock:
+        pool = _default_pool
+        if pool is not None and not pool.closed:
+            if num_workers is None or pool.num_workers == num_workers:
+                return pool
+            pool.close()
+        _default_pool = VerifierPool(num_workers)
+        return _default_pool
+
+
+@atexit.register
+def _close_default_pool() -> None:
+    if _default_pool is not None:
+        _default_pool.close()
+
+
+def score(
+    responses: Sequence[str],
+    answers: Sequence[str],
+    *,
+    config: RewardConfig | None = None,
+    pool: VerifierPool | None = None,
+) -> list[Verdict]:
+    """Grade a batch of responses against gold answers (see `normalize_gold`), one Verdict each.
+
+    Extraction and cheap checks run in this process; symbolic checks go through `pool` (default:
+    the module-level pool) under `config.timeout_s` each.
+    """
+    config = config or RewardConfig()
+    if len(responses) != len(answers):
+        raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
+    for i, (response, answer) in enumerate(zip(responses, answers)):
+        if not isinstance(response, str):
+            raise TypeError(f"responses[{i}] is {type(response).__name__}, expected str")
+        if not isinstance(answer, str):
+            raise TypeError(
+                f"answers[{i}] is {type(answer).__name__}, expected str (see normalize_gold)"
+            )
+    extractions = [
+        extract(response, last_number_fallback=config.last_number_fallback)
+        for response in responses
+    ]
+    answered = [i for i, extraction in enumerate(extractions) if extraction is not None]
+    checks = {}
+    if answered:
+        pool = pool or default_pool(config.num_workers)
+        results = pool.check(
+            [extractions[i].answer for i in answered],
+            [answers[i] for i in answered],
+            timeout_s=config.timeout_s,
+            rel_tol=config.rel_tol,
+        )
+        checks = dict(zip(answered, results))
+    verdicts = []
+    for i, extraction in enumerate(extractions):
+        check = checks.get(i)
+        correct = check is not None and check.correct
+        boxed = extraction is not None and extraction.boxed
+        verdicts.append(
+            Verdict(
+                correct=correct,
+                extracted=None if extraction is None else extraction.answer,
+                reward=reward_for(correct, boxed, config),
+                timed_out=check is not None and check.timed_out,
+                boxed=boxed,
+            )
+        )
+    return verdicts
+
+
+def overlong_penalty(
+    lengths_b: np.ndarray, *, max_response_len: int, cache_len: int, factor: float = 1.0
+) -> np.ndarray:
+    """DAPO's soft overlong punishment (Yu et al., 2025, eq. 13), added to the task reward.
+
+    0 up to `max_response_len - cache_len` tokens, then falling linearly to `-factor` at
+    `max_response_len`, and `-factor` beyond: long answers lose reward smoothly instead of a
+    truncation cliff.
+
+    Args:
+      lengths_b: [batch] response lengths in tokens.
+      max_response_len: L_max, the generation budget in tokens.
+      cache_len: L_cache, the length of the soft zone, 1 <= cache_len <= max_response_len.
+      factor: scale of the penalty.
+
+    Returns:
+      [batch] float32 penalties in [-factor, 0].
+    """
+    lengths_b = np.asarray(lengths_b)
+    if lengths_b.ndim != 1:
+        raise ValueError(f"lengths_b must be 1-D [batch], got shape {lengths_b.shape}")
+    if not np.issubdtype(lengths_b.dtype, np.integer):
+        raise TypeError(f"lengths_b must hold integer token counts, got dtype {lengths_b.dtype}")
+    if (lengths_b < 0).any():
+        raise ValueError("lengths_b must be >= 0")
+    if not 1 <= cache_len <= max_response_len:
+        raise ValueError(
+            f"need 1 <= cache_len <= max_response_len, got {cache_len} and {max_response_len}"
+        )
+    expected_len = max_response_len - cache_len
+    penalty_b = (expected_len - lengths_b.astype(np.float64)) / cache_len
+    return (factor * np.clip(penalty_b, -1.0, 0.0)).astype(np.float32)
