@@ -1,0 +1,378 @@
+"""Benchmark evaluation with the in-process sampler.
+
+For each benchmark: generate in fixed-shape batches, grade with the rule-based verifier, append
+every graded response to `out_dir/<benchmark>/generations.jsonl`, and summarise from those
+records into `out_dir/summary.json` (and TensorBoard scalars `eval/<benchmark>/<metric>`).
+A rerun skips the problems already in the JSONL, so an interrupted evaluation resumes.
+
+Grading and writing of a batch run on a host thread while the device generates the next batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import sys
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from zero_rl import sampler
+from zero_rl.data import Example, apply_template, get_template
+from zero_rl.eval.sets import EvalSet, load_eval_set
+from zero_rl.eval.store import GenerationStore, write_json
+from zero_rl.eval.summary import graded_record, scalars, summarize
+from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.tokenizer import Tokenizer
+from zero_rl.train.metrics import SummaryWriter
+from zero_rl.train.rollout import encode_batch
+
+SUMMARY = "summary.json"
+# The RewardConfig fields that change a verdict (the reward values do not enter the records).
+GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
+
+
+def default_stop_token_ids(tokenizer: Tokenizer, template: str) -> list[int]:
+    """The tokenizer's stop ids plus the template's stop strings that are single tokens."""
+    ids = list(tokenizer.stop_token_ids)
+    for text in get_template(template).stop_strings:
+        token = tokenizer.token_to_id(text)
+        if token is not None and token not in ids:
+            ids.append(token)
+    return ids
+
+
+def cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str | None:
+    """`text` up to and including the first stop string, or None if it has none.
+
+    A stop string that is not one token (r1_zero's "</answer>" in most vocabularies) cannot
+    stop the sampler, so the response is cut here, as a serving engine's `stop=` would.
+    """
+    ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every batch of one `run_benchmarks` call shares."""
+
+    graphdef: Any
+    params: Any
+    tokenizer: Tokenizer
+    num_samples: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    max_prompt_len: int
+    batch_size: int
+    stop_token_ids: tuple[int, ...]
+    reward: RewardConfig
+    pool: VerifierPool | None
+    batch_sharding: jax.sharding.Sharding | None
+    is_main: bool
+
+
+def _check_prompt_lengths(
+    eval_set: EvalSet, tokenizer: Tokenizer, template: str, max_prompt_len: int
+) -> None:
+    texts = [apply_template(template, ex.prompt) for ex in eval_set.examples]
+    lengths = [len(ids) for ids in tokenizer.batch_encode(texts, add_bos=tokenizer.add_bos_default)]
+    if max(lengths) > max_prompt_len:
+        longest = int(np.argmax(lengths))
+        raise ValueError(
+            f"problem {eval_set.examples[longest].id} of {eval_set.name} has a prompt of "
+            f"{lengths[longest]} tokens, more than max_prompt_len={max_prompt_len}; "
+            f"{sum(n > max_prompt_len for n in lengths)} of {len(lengths)} prompts are too long"
+        )
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _generate(run: _Run, examples: Sequence[Example], template: str, rng: jax.Array):
+    """Responses to one batch of prompts: tokens [rows, max_new_tokens], lengths [rows] and
+    stopped [rows] on the host, rows = len(examples) * num_samples."""
+    tokens_bt, positions_bt = encode_batch(
+        examples,
+        run.tokenizer,
+        template=template,
+        max_prompt_len=run.max_prompt_len,
+        rows=run.batch_size,
+    )
+    if run.batch_sharding is not None:
+        tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), run.batch_sharding)
+    out = sampler.generate_padded(
+        (run.graphdef, run.params),
+        tokens_bt,
+        positions_bt,
+        max_new_tokens=run.max_new_tokens,
+        rng=rng,
+        temperature=run.temperature,
+        top_p=run.top_p,
+        top_k=run.top_k,
+        stop_token_ids=run.stop_token_ids,
+        pad_id=run.tokenizer.pad_id,
+        num_samples=run.num_samples,
+    )
+    keep = len(examples) * run.num_samples
+    return tuple(_to_host(x)[:keep] for x in (out.tokens_bn, out.lengths_b, out.stopped_b))
+
+
+def _grade(run, examples, template, tokens_bn, lengths_b, stopped_b) -> list[dict[str, Any]]:
+    """Decodes and grades one batch: a record (see `RECORD_FIELDS`) per response."""
+    stop_strings = get_template(template).stop_strings
+    texts, lengths, truncated = [], [], []
+    for row_n, length, stopped in zip(tokens_bn, lengths_b, stopped_b):
+        text = run.tokenizer.decode(row_n[:length].tolist())
+        cut = cut_at_stop_string(text, stop_strings)
+        if cut is not None:
+            stopped = True
+            if cut != text:
+                text, length = cut, min(int(length), len(run.tokenizer.encode(cut)))
+        texts.append(text)
+        lengths.append(int(length))
+        truncated.append(not bool(stopped))
+    golds = [ex.answer for ex in examples for _ in range(run.num_samples)]
+    verdicts = score(texts, golds, config=run.reward, pool=run.pool)
+    records = []
+    for row, verdict in enumerate(verdicts):
+        example = examples[row // run.num_samples]
+        records.append(
+            graded_record(
+                example.id,
+                row % run.num_samples,
+                example.prompt,
+                texts[row],
+                golds[row],
+                verdict,
+                lengths[row],
+                truncated[row],
+            )
+        )
+    return records
+
+
+def _evaluate_set(
+    run: _Run, eval_set: EvalSet, template: str, store: GenerationStore, rng, progress: bool
+) -> list[dict[str, Any]]:
+    """Generates what `store` lacks of `eval_set` and returns all its records, in order."""
+    done = store.load(run.num_samples)
+    if jax.process_count() > 1:  # every host must see the same file before any writes to it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"zero_rl.eval.load.{eval_set.name}")
+    todo = [(i, ex) for i, ex in enumerate(eval_set.examples) if ex.id not in done]
+    total = len(eval_set.examples) * run.num_samples
+    bar = tqdm(
+        total=total,
+        initial=total - len(todo) * run.num_samples,
+        desc=eval_set.name,
+        unit="resp",
+        file=sys.stderr,
+        disable=not (progress and run.is_main),
+        dynamic_ncols=True,
+    )
+
+    def finish(batch: list[Example], outputs) -> None:
+        records = _grade(run, batch, template, *outputs)
+        store.append(records)
+        for j, example in enumerate(batch):
+            done[example.id] = records[j * run.num_samples : (j + 1) * run.num_samples]
+        bar.update(len(records))
+
+    with bar, concurrent.futures.ThreadPoolExecutor(max_workers=1) as grader:
+        pending = None
+        for start in range(0, len(todo), run.batch_size):
+            chunk = todo[start : start + run.batch_size]
+            batch = [ex for _, ex in chunk]
+            # Keyed by the batch's first problem's position in the set, so a resumed run draws
+            # the same samples as an uninterrupted one (its batches start at the same places).
+            outputs = _generate(run, batch, template, jax.random.fold_in(rng, chunk[0][0]))
+            if pending is not None:
+                pending.result()  # at most one batch waits for grading
+            pending = grader.submit(finish, batch, outputs)
+        if pending is not None:
+            pending.result()
+    return [record for ex in eval_set.examples for record in done[ex.id]]
+
+
+def run_benchmarks(
+    graphdef,
+    params,
+    *,
+    tokenizer: Tokenizer,
+    benchmarks: Sequence[str | EvalSet],
+    out_dir: str,
+    template: str,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int,
+    max_prompt_len: int,
+    batch_size: int,
+    stop_token_ids: Sequence[int] | None = None,
+    reward: RewardConfig | None = None,
+    pool: VerifierPool | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    ks: Sequence[int] | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+    writer: SummaryWriter | None = None,
+    step: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates a policy on benchmarks; writes generations, summary.json and TB scalars.
+
+    Args:
+      graphdef, params: the policy, as `nnx.split(model)` gives it (params may be sharded).
+      benchmarks: names for `load_eval_set` ("gsm8k", "math500", a file, a seqio task, ...)
+        or ready `EvalSet`s (e.g. the trainer's held-out examples).
+      out_dir: gets `<benchmark>/generations.jsonl`, `<benchmark>/settings.json` and
+        `summary.json`. Problems already in a benchmark's JSONL are not generated again, so
+        use one out_dir per policy (e.g. `workdir/eval/step_<n>` in training); generations
+        made with other settings or at another `step` make the call fail.
+      template: prompt template name (`zero_rl.data.TEMPLATES`).
+      num_samples: responses per problem; temperature 0 is greedy (then use 1 sample).
+      batch_size: problems per sampler call, a fixed shape (batch_size * num_samples rows);
+        a multiple of the batch-sharding devices when `batch_sharding` is given.
+      stop_token_ids: default `default_stop_token_ids(tokenizer, template)`.
+      reward: grading rules (`RewardConfig()` by default); pool: verifier pool (default: the
+        module-level one).
+      seed: sampling seed; the samples of a problem depend on it and on the batch layout.
+      limit: evaluate the first `limit` problems of each benchmark.
+      ks: the k of pass@k / maj@k (default 1, 2, 4, ... up to num_samples).
+      writer, step: TensorBoard writer and the step to log at (periodic eval in training).
+
+    Returns:
+      {"step", "settings", "benchmarks": {name: summary (see `summarize`)}, "average":
+      {"accuracy": mean over benchmarks}}, also written to `out_dir/summary.json`.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(
+            f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}"
+        )
+    if not benchmarks:
+        raise ValueError("run_benchmarks got no benchmarks")
+    if ks is not None and not all(1 <= k <= num_samples for k in ks):
+        raise ValueError(f"ks={list(ks)} must lie in [1, num_samples={num_samples}]")
+    get_template(template)
+    reward = reward or RewardConfig()
+    sets = [b if isinstance(b, EvalSet) else load_eval_set(b, limit=limit) for b in benchmarks]
+    if limit is not None:
+        sets = [dataclasses.replace(s, examples=s.examples[:limit]) for s in sets]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names repeat: {names}")
+    for eval_set in sets:  # fail now, not at the 900th problem of the third benchmark
+        _check_prompt_lengths(eval_set, tokenizer, eval_set.template or template, max_prompt_len)
+    is_main = jax.process_index() == 0
+    run = _Run(
+        graphdef=graphdef,
+        params=params,
+        tokenizer=tokenizer,
+        num_samples=num_samples,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(top_k),
+        max_new_tokens=max_new_tokens,
+        max_prompt_len=max_prompt_len,
+        batch_size=batch_size,
+        stop_token_ids=(),  # per set: it depends on the set's template
+        reward=reward,
+        pool=pool,
+        batch_sharding=batch_sharding,
+        is_main=is_main,
+    )
+    settings: dict[str, Any] = {
+        "num_samples": num_samples,
+        "temperature": run.temperature,
+        "top_p": run.top_p,
+        "top_k": run.top_k,
+        "max_new_tokens": max_new_tokens,
+        "max_prompt_len": max_prompt_len,
+        "seed": seed,
+        "step": int(step),  # the policy: a new step must not resume an older step's responses
+        "grading": {k: getattr(reward, k) for k in GRADING_KEYS},
+    }
+    summaries = {}
+    for eval_set in sets:
+        set_template = eval_set.template or template
+        set_stop_ids = tuple(
+            default_stop_token_ids(tokenizer, set_template)
+            if stop_token_ids is None
+            else stop_token_ids
+        )
+        set_run = dataclasses.replace(run, stop_token_ids=set_stop_ids)
+        set_settings = settings | {"template": set_template, "stop_token_ids": list(set_stop_ids)}
+        store = GenerationStore(
+            os.path.join(out_dir, eval_set.name), set_settings, writable=is_main
+        )
+        rng = jax.random.fold_in(jax.random.key(seed), zlib.crc32(eval_set.name.encode()))
+        records = _evaluate_set(set_run, eval_set, set_template, store, rng, progress)
+        summaries[eval_set.name] = summarize(records, ks=ks)
+    return write_summary(
+        out_dir, summaries, settings | {"template": template}, step=step, writer=writer,
+        is_main=is_main,
+    )  # fmt: skip
+
+
+def write_summary(
+    out_dir: str,
+    summaries: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    *,
+    step: int,
+    writer: SummaryWriter | None = None,
+    is_main: bool = True,
+) -> dict[str, Any]:
+    """The summary of several benchmarks, with their mean accuracy (SimpleRL-Zoo's "Avg."),
+    written to `out_dir/summary.json` and, with a writer, to TensorBoard."""
+    summary = {
+        "step": int(step),
+        "settings": dict(settings),
+        "benchmarks": dict(summaries),
+        "average": {"accuracy": float(np.mean([s["accuracy"] for s in summaries.values()]))},
+    }
+    if is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, SUMMARY), summary)
+    if writer is not None:
+        tb = scalars(summaries) | {"eval/average/accuracy": summary["average"]["accuracy"]}
+        writer.scalars(step, tb)
+        writer.flush()
+    return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short table of the headline numbers, one benchmark per line ("-": unknown)."""
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = []
+    for name, s in summary["benchmarks"].items():
+        estimates = " ".join(
+            f"{k} {v:.3f}"
+            for k, v in s.items()
+            if k.startswith(("pass@", "maj@")) and k != "pass@1"  # pass@1 is about acc
+        )
+        lines.append(
+            f"{name:<16} acc {s['accuracy']:.3f} {estimates} "
+            f"len {number(s['mean_length'], '.0f')} trunc {number(s['truncated_ratio'], '.2f')} "
+            f"boxed {s['boxed_ratio']:.2f} refl {s['reflection_ratio']:.2f} "
+            f"rep {s['repetition_ratio']:.2f} (n={s['num_problems']})"
+        )
+    lines.append(f"{'average':<16} acc {summary['average']['accuracy']:.3f}")
+    return "\n".join(lines)
