@@ -57,18 +57,19 @@ def get_config() -> ConfigDict:
     config.sft = ConfigDict(
         dict(
             steps=300,
-            batch_size=16,
+            batch_size=8,
             seq_len=128,
             grad_accum=1,
             seed=0,
-            log_every=25,
-            checkpoint_every=100,
+            log_every=50,
+            checkpoint_every=140,
             overflow="error",
             logits_chunk=512,
             optim=dict(
-                lr=3e-3,
+                # At 300 steps: 7e-3 reaches ~0.01 nats/token; 1.5e-2 stalls near 0.1.
+                lr=7e-3,
                 schedule="cosine",
-                warmup_steps=20,
+                warmup_steps=10,
                 end_lr_ratio=0.1,
                 weight_decay=0.0,
                 b1=0.9,

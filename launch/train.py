@@ -2,7 +2,10 @@
 
 Defaults to the tiny CPU config. Override any key on the command line, e.g.
 `--config.rl.loss.kl_coef=0 --config.total_steps=300`; rerunning with the same workdir resumes.
-On several hosts (TPU pod slices, multi-node GPU), `jax.distributed` is initialised first.
+On several hosts `jax.distributed` is initialised first: TPU pod slices and SLURM jobs are
+detected; otherwise give every process `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` (process 0's host). Each process reads its share of the prompts, process 0 writes
+the logs, and all processes write the checkpoints together.
 """
 
 import logging
@@ -31,6 +34,11 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "initialise jax.distributed: auto = when the environment shows several hosts",
 )  # fmt: skip
+# TPU pods and SLURM describe the cluster themselves; elsewhere (several GPU hosts, or processes
+# on one machine) name the coordinator and this process's place.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, from 0")
 
 
 def _multi_host_environment() -> bool:
@@ -46,8 +54,15 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     import jax
 
-    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_host_environment()):
-        jax.distributed.initialize()
+    explicit = (_NUM_PROCESSES.value or 1) > 1
+    if _DISTRIBUTED.value == "on" or (
+        _DISTRIBUTED.value == "auto" and (explicit or _multi_host_environment())
+    ):
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     from zero_rl.train.loop import train
 
     train(_CONFIG.value, _WORKDIR.value)

@@ -79,7 +79,9 @@ def test_bf16_compute_with_fp32_params_is_close_to_fp32():
 @pytest.mark.parametrize("policy", ["full", "dots_saveable"])
 def test_remat_policies_change_memory_not_results(policy):
     base = create_model(CFG, seed=2)
-    remat = nnx.merge(nnx.graphdef(create_model(CFG.replace(remat=policy), seed=2)), nnx.state(base))
+    remat = nnx.merge(
+        nnx.graphdef(create_model(CFG.replace(remat=policy), seed=2)), nnx.state(base)
+    )
     tokens = jnp.arange(1, 13)[None]
 
     def loss(m):
@@ -111,9 +113,7 @@ def test_chunked_logprobs_and_entropy_equal_full_softmax(t, chunk):
     np.testing.assert_allclose(ent, ref_ent, atol=1e-5)
     grad = jax.grad(lambda w: logprobs_from_hidden(hidden, w, targets, chunk_size=chunk)[0].sum())
     full = jax.grad(
-        lambda w: jnp.take_along_axis(
-            jax.nn.log_softmax(hidden @ w), targets[..., None], -1
-        ).sum()
+        lambda w: jnp.take_along_axis(jax.nn.log_softmax(hidden @ w), targets[..., None], -1).sum()
     )
     np.testing.assert_allclose(grad(head), full(head), atol=1e-4)
 

@@ -93,7 +93,9 @@ def _run_update(model, rollout, *, microbatches, aggregation, epochs=1, minibatc
     )
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize(
+    "aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+)
 def test_gradient_accumulation_equals_one_big_batch(aggregation):
     model = create_model(CFG, seed=1)
     rollout = _rollout(model, seed=1)

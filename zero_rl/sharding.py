@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -51,8 +52,12 @@ def make_mesh(
     if list(sizes.values()).count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     known = math.prod(s for s in sizes.values() if s != -1)
-    if len(devices) % known:
-        raise ValueError(f"mesh {sizes} does not divide {len(devices)} devices")
+    if -1 not in sizes.values() and known < len(devices):
+        # Fully specified and smaller than the machine: use the first devices (e.g. one
+        # device of a multi-device host for a small job).
+        devices = devices[:known]
+    if known > len(devices) or len(devices) % known:
+        raise ValueError(f"mesh {sizes} does not fit {len(devices)} devices")
     sizes = {k: (len(devices) // known if v == -1 else v) for k, v in sizes.items()}
     if math.prod(sizes.values()) != len(devices):
         raise ValueError(
@@ -137,3 +142,38 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(
         x, named_sharding(logical_axes, x.shape, mesh, _ACTIVE["rules"])
     )
+
+
+# Multi-host batches. Each process holds its own rows of a batch (its prompts, its responses);
+# these three helpers move rows between a process's host memory and a global array sharded by
+# `batch_sharding` (rows over data x fsdp). With one process they are a device_put and a
+# device_get.
+
+
+def _rows_sharding(batch_sharding: NamedSharding) -> NamedSharding:
+    return NamedSharding(batch_sharding.mesh, PartitionSpec(batch_sharding.spec[0]))
+
+
+def global_batch(local_rows: np.ndarray, batch_sharding: NamedSharding) -> jax.Array:
+    """The global array whose rows are every process's `local_rows`, in process order.
+
+    `local_rows` [rows / processes, ...] may have any rank; only the leading axis is sharded.
+    """
+    sharding = _rows_sharding(batch_sharding)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local_rows))
+
+
+def local_rows(tree, batch_sharding: NamedSharding):
+    """This process's rows of a pytree of global arrays, as NumPy (the inverse of
+    `global_batch`)."""
+    sharding = _rows_sharding(batch_sharding)
+    local = multihost_utils.global_array_to_host_local_array(tree, sharding.mesh, sharding.spec)
+    return jax.device_get(local)
+
+
+def gather_to_host(tree):
+    """Every process gets the whole value, as NumPy: global arrays are read in full and
+    host arrays are concatenated over processes (in process order) along their first axis."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -37,13 +37,17 @@ def abstract_params(
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract = nnx.split(model)
     if mesh is not None:
+        # Keep the Variable wrappers: restores and jit out_shardings match the real params'
+        # pytree structure only then.
         abstract = nnx.map_state(
-            lambda path, var: jax.ShapeDtypeStruct(
-                var.get_value().shape,
-                var.get_value().dtype,
-                sharding=sharding.named_sharding(
-                    _axes_of(path, var), var.get_value().shape, mesh, rules
-                ),
+            lambda path, var: var.replace(
+                jax.ShapeDtypeStruct(
+                    var.get_value().shape,
+                    var.get_value().dtype,
+                    sharding=sharding.named_sharding(
+                        _axes_of(path, var), var.get_value().shape, mesh, rules
+                    ),
+                )
             ),
             abstract,
         )

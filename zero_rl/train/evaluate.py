@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from zero_rl import sampler
+from zero_rl import sampler, sharding
 from zero_rl.data.records import Example
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score
 from zero_rl.tokenizer import Tokenizer
@@ -70,8 +70,9 @@ def evaluate(
             num_samples=num_samples,
         )
         keep = len(chunk) * num_samples
-        tokens_bn, lengths_b, stopped_b = jax.device_get(
-            (out.tokens_bn[:keep], out.lengths_b[:keep], out.stopped_b[:keep])
+        # Every process holds the same examples and scores all of them (eval is small).
+        tokens_bn, lengths_b, stopped_b = (
+            x[:keep] for x in sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
         )
         texts += [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
         lengths.append(lengths_b)

@@ -36,7 +36,7 @@ from zero_rl.train import config as config_lib
 from zero_rl.train.checkpoint import Checkpointer
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import CompileCounter, SummaryWriter, progress_line
-from zero_rl.train.optim import make_optimizer
+from zero_rl.train.optim import make_optimizer, sharded_init
 from zero_rl.train.rl_step import UpdateOptions, update
 from zero_rl.train.rollout import RolloutCollector, SamplingOptions, collect
 
@@ -133,6 +133,32 @@ def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     return nnx.split(model)[1]
 
 
+def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> UpdateOptions:
+    """The update's static options; raises unless the batch splits evenly over the mesh."""
+    rl = config.rl
+    rows = rl.num_prompts * rl.num_samples
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    microbatch = rl.microbatch_size or rl.minibatch_size
+    for name, value, divisor in [
+        ("rl.num_prompts", rl.num_prompts, batch_devices),
+        ("rl.num_prompts * rl.num_samples", rows, rl.minibatch_size),
+        ("rl.minibatch_size", rl.minibatch_size, microbatch),
+        ("rl.microbatch_size", microbatch, batch_devices),
+    ]:
+        if value % divisor:
+            raise ValueError(f"{name}={value} must be a multiple of {divisor}")
+    return UpdateOptions(
+        loss=config_lib.loss_config(config),
+        estimator=rl.estimator,
+        adv_eps=rl.adv_eps,
+        kl_in_reward_coef=rl.kl_in_reward_coef,
+        epochs=rl.epochs,
+        num_minibatches=rows // rl.minibatch_size,
+        num_microbatches=rl.minibatch_size // microbatch,
+        logprob_chunk=rl.logprob_chunk,
+    )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the RL job described by `config` in `workdir`; returns the last
     step's metrics. Rerunning with the same workdir continues from the latest checkpoint."""
@@ -157,27 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     graphdef, _ = abstract_params(model_cfg)
 
     rl = config.rl
-    rows = rl.num_prompts * rl.num_samples
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    microbatch = rl.microbatch_size or rl.minibatch_size
-    for name, value, divisor in [
-        ("rl.num_prompts", rl.num_prompts, batch_devices),
-        ("rl.num_prompts * rl.num_samples", rows, rl.minibatch_size),
-        ("rl.minibatch_size", rl.minibatch_size, microbatch),
-        ("rl.microbatch_size", microbatch, batch_devices),
-    ]:
-        if value % divisor:
-            raise ValueError(f"{name}={value} must be a multiple of {divisor}")
-    opts = UpdateOptions(
-        loss=config_lib.loss_config(config),
-        estimator=rl.estimator,
-        adv_eps=rl.adv_eps,
-        kl_in_reward_coef=rl.kl_in_reward_coef,
-        epochs=rl.epochs,
-        num_minibatches=rows // rl.minibatch_size,
-        num_microbatches=rl.minibatch_size // microbatch,
-        logprob_chunk=rl.logprob_chunk,
-    )
+    opts = update_options(config, mesh)
     updates_per_step = opts.epochs * opts.num_minibatches
     tx, schedule = make_optimizer(config.optim, config.total_steps * updates_per_step)
     reward_cfg = config_lib.reward_config(config)
@@ -192,10 +198,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if ckpt.latest_step() is None or needs_ref:
         with sharding.activation_sharding(mesh, rules):
             base = _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules)
-    init_opt = jax.jit(tx.init)
     abstract_state = {"params": abstract_params(model_cfg, mesh, rules)[1]}
+    init_opt = sharded_init(tx, abstract_state["params"])
     abstract_state["opt_state"] = jax.eval_shape(init_opt, abstract_state["params"])
     restored = ckpt.restore_latest(abstract_state) if ckpt.latest_step() is not None else None
+    if restored is None and ckpt.latest_step() is not None:
+        # Never start over on top of a run's checkpoints: that would bury them.
+        raise RuntimeError(
+            f"no checkpoint in {ckpt.directory} (steps {ckpt.all_steps()}) could be restored; "
+            "see the warnings above. Move them aside to start a new run in this workdir."
+        )
     if restored is not None:
         start_step, state, meta = restored
         params, opt_state = state["params"], state["opt_state"]
@@ -219,7 +231,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     collector = RolloutCollector(
         graphdef=graphdef, tokenizer=tokenizer, template=template, stop_token_ids=stop_ids,
         sampling=sampling, num_samples=rl.num_samples, reward=reward_cfg, pool=pool,
-        batch_sharding=batch_sharding, logprob_chunks=max(rows // microbatch, 1),
+        batch_sharding=batch_sharding,
+        logprob_chunks=opts.num_minibatches * opts.num_microbatches,
         logprob_chunk_len=rl.logprob_chunk,
     )  # fmt: skip
 

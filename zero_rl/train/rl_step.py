@@ -204,7 +204,11 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
             (loss, metrics), grads = grad_fn(p, mbatch)
             acc_grads, acc_loss, acc_metrics = acc
             add = lambda a, b: jax.tree.map(lambda x, y: x + weight * y, a, b)
-            return (add(acc_grads, grads), acc_loss + weight * loss, add(acc_metrics, metrics)), None
+            return (
+                add(acc_grads, grads),
+                acc_loss + weight * loss,
+                add(acc_metrics, metrics),
+            ), None
 
         zero_metrics = jax.eval_shape(lambda: grad_fn(p, jax.tree.map(lambda x: x[0], batch))[0][1])
         init = (

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zero_rl import sampler
+from zero_rl import sampler, sharding
 from zero_rl.data.records import Example
 from zero_rl.data.templates import apply_template
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
@@ -108,9 +108,16 @@ class RolloutCollector:
         self.logprob_chunk_len = logprob_chunk_len
 
     def _put(self, *arrays):
+        """This process's rows -> global batch arrays (rows of all processes, in order)."""
         if self.batch_sharding is None:
             return tuple(jnp.asarray(a) for a in arrays)
-        return tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
+        return tuple(sharding.global_batch(a, self.batch_sharding) for a in arrays)
+
+    def _local(self, *arrays):
+        """Global batch arrays -> this process's rows, as NumPy."""
+        if self.batch_sharding is None:
+            return jax.device_get(arrays)
+        return sharding.local_rows(arrays, self.batch_sharding)
 
     def _logprobs(self, params, tokens, positions):
         return rollout_logprobs(
@@ -155,9 +162,7 @@ class RolloutCollector:
             if ref_params is not None
             else old_logprobs
         )
-        tokens_bn, lengths_b, stopped_b = jax.device_get(
-            (out.tokens_bn, out.lengths_b, out.stopped_b)
-        )
+        tokens_bn, lengths_b, stopped_b = self._local(out.tokens_bn, out.lengths_b, out.stopped_b)
         sample_time = time.perf_counter() - start
         texts = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
         answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
@@ -171,18 +176,35 @@ class RolloutCollector:
                 cache_len=self.reward.overlong_cache_len,
                 factor=self.reward.overlong_factor,
             )
+        verify_time = time.perf_counter() - verify_start
+        # Statistics describe the global batch: every process gathers all processes' rows.
+        global_rows = sharding.gather_to_host(
+            {
+                "reward": rewards_b,
+                "correct": np.asarray([v.correct for v in verdicts], np.float32),
+                "length": lengths_b.astype(np.float32),
+                "stopped": stopped_b.astype(np.float32),
+                "timed_out": np.asarray([v.timed_out for v in verdicts], np.float32),
+                "reflection": np.asarray([has_reflection(t) for t in texts], np.float32),
+                "boxed": np.asarray([v.boxed for v in verdicts], np.float32),
+            }
+        )
         stats = {
-            "train/reward_mean": float(rewards_b.mean()),
-            "train/accuracy": float(np.mean([v.correct for v in verdicts])),
-            "train/response_length_mean": float(lengths_b.mean()),
-            "train/truncated_ratio": float(1.0 - stopped_b.mean()),
-            "train/verifier_timeouts": float(sum(v.timed_out for v in verdicts)),
-            "train/reflection_words": float(np.mean([has_reflection(t) for t in texts])),
-            "train/boxed_ratio": float(np.mean([v.boxed for v in verdicts])),
+            "train/reward_mean": float(global_rows["reward"].mean()),
+            "train/accuracy": float(global_rows["correct"].mean()),
+            "train/response_length_mean": float(global_rows["length"].mean()),
+            "train/truncated_ratio": float(1.0 - global_rows["stopped"].mean()),
+            "train/verifier_timeouts": float(global_rows["timed_out"].sum()),
+            "train/reflection_words": float(global_rows["reflection"].mean()),
+            "train/boxed_ratio": float(global_rows["boxed"].mean()),
             "perf/sample_time_s": sample_time,
-            "perf/verify_time_s": time.perf_counter() - verify_start,
-            "perf/sample_tokens": float(lengths_b.sum()),
+            "perf/verify_time_s": verify_time,
+            "perf/sample_tokens": float(global_rows["length"].sum()),
         }
+        rewards_pg, group_mask_p = self._put(
+            rewards_b.reshape(len(examples), self.num_samples),
+            np.ones((len(examples),), np.float32),
+        )
         rollout = Rollout(
             tokens_bt=tokens,
             positions_bt=positions,
@@ -190,8 +212,8 @@ class RolloutCollector:
             sampler_logprobs_bn=out.logprobs_bn,
             old_logprobs_bn=old_logprobs,
             ref_logprobs_bn=ref_logprobs,
-            rewards_pg=jnp.asarray(rewards_b.reshape(len(examples), self.num_samples)),
-            group_mask_p=jnp.ones((len(examples),), jnp.float32),
+            rewards_pg=rewards_pg,
+            group_mask_p=group_mask_p,
         )
         return RolloutResult(rollout, list(examples), texts, verdicts, stopped_b, stats)
 
@@ -219,6 +241,12 @@ def collect(
     dropped and more prompts drawn (up to `max_draws` batches) until the batch is full. If the
     cap is hit, the remaining slots hold dropped groups with group_mask 0 (no gradient), so the
     update's shapes never change."""
+    if dynamic_sampling and jax.process_count() > 1:
+        # Kept groups would have to move between processes, with their texts for logging.
+        raise NotImplementedError(
+            "rl.dynamic_sampling runs on a single process only; set rl.dynamic_sampling=False "
+            f"for this {jax.process_count()}-process run"
+        )
     draws = []
     kept: list[tuple[int, int]] = []  # (draw, group) with signal
     num_groups = None
@@ -236,7 +264,7 @@ def collect(
     if overlong_filter:  # DAPO: truncated responses carry no learning signal either way
         result.rollout = result.rollout._replace(
             mask_bn=_stopped_mask(
-                result.rollout.mask_bn, jnp.asarray(result.stopped_b, jnp.float32)
+                result.rollout.mask_bn, collector._put(result.stopped_b.astype(np.float32))[0]
             )
         )
     # Metrics describe everything that was sampled, not only the kept groups.
@@ -244,7 +272,10 @@ def collect(
         values = [r.stats[key] for r in draws]
         result.stats[key] = float(np.sum(values) if key.startswith("perf/") else np.mean(values))
     result.stats["train/dynamic_sampling_draws"] = float(len(draws))
-    kept_groups = min(len(kept), num_groups) if dynamic_sampling else num_groups
+    # Counted on the rollout, which spans all processes' groups.
+    kept_groups = (
+        min(len(kept), num_groups) if dynamic_sampling else len(result.rollout.group_mask_p)
+    )
     result.stats["train/kept_groups"] = float(kept_groups)
     return result
 
