@@ -32,10 +32,11 @@ def test_disabled_writer_writes_nothing(tmp_path):
 
 
 def test_writing_events_does_not_import_tensorflow(tmp_path):
+    logdir = repr(str(tmp_path))
     code = (
         "import sys; from zero_rl.train.metrics import SummaryWriter, read_scalars;"
-        f"w = SummaryWriter({str(tmp_path)!r}, enabled=True); w.scalars(0, {{'a': 1.0}}); w.close();"
-        f"read_scalars({str(tmp_path)!r}); assert 'tensorflow' not in sys.modules"
+        f"w = SummaryWriter({logdir}, enabled=True); w.scalars(0, {{'a': 1.0}}); w.close();"
+        f"read_scalars({logdir}); assert 'tensorflow' not in sys.modules"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
