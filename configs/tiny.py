@@ -52,12 +52,12 @@ def get_config():
     c.mesh.fsdp = 1
     c.mesh.data = -1
 
-    c.sft.steps = 600
+    c.sft.steps = 400
     c.sft.batch_size = 32
-    c.sft.seq_len = 64
+    c.sft.seq_len = 80
     c.sft.carry_error_rate = 0.7
     c.sft.log_every = 100
-    c.sft.checkpoint_every = 600
+    c.sft.checkpoint_every = 400
     c.sft.optim.lr = 3e-3
     c.sft.optim.warmup_steps = 30
     return c

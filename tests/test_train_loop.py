@@ -22,7 +22,8 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 ONE_DEVICE = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"]
 # A reduced version of the default run: fewer SFT and RL steps, same task and recipe.
 LEARN = ONE_DEVICE + ["sft.steps=400", "sft.checkpoint_every=400", "total_steps=20",
-                      "eval_every=10", "checkpoint_every=10"]  # fmt: skip
+                      "eval_every=10", "checkpoint_every=10",
+                      "eval.benchmarks=synthetic_addition", "eval.limit=16"]  # fmt: skip
 # A few seconds of RL for the resume tests.
 MICRO = ONE_DEVICE + ["sft.steps=20", "sft.checkpoint_every=20", "total_steps=10", "eval_every=0",
          "checkpoint_every=2", "rl.num_prompts=8", "rl.num_samples=4", "rl.minibatch_size=16",
@@ -60,6 +61,17 @@ def test_run_records_every_required_scalar_and_samples(learned_run):
     assert [s for s, _ in scalars["train/reward_mean"]] == list(range(1, 21))
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["total_steps"] == 20
+
+
+@pytest.mark.slow
+def test_periodic_benchmark_evaluation(learned_run):
+    workdir, _, scalars = learned_run
+    steps = [s for s, _ in scalars["eval/synthetic_addition/accuracy"]]
+    assert steps == [0, 10, 20]
+    for step in steps:
+        path = os.path.join(workdir, "eval", f"step_{step:06d}", "synthetic_addition")
+        with open(os.path.join(path, "generations.jsonl")) as f:
+            assert len(f.readlines()) == 16
 
 
 @pytest.mark.slow

@@ -66,6 +66,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.answer_field = "answer"
     c.data.template = ""  # "" = the model family's SimpleRL-Zoo default
 
+    # Periodic benchmark evaluation (besides `eval/accuracy` on data.eval at every eval step).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.benchmarks = ""  # comma-separated, e.g. "gsm8k,math500"; "" = none
+    c.eval.num_samples = 1
+    c.eval.temperature = 0.0
+    c.eval.top_p = 1.0
+    c.eval.limit = 0  # examples per benchmark (0 = all)
+
     c.sampling = ml_collections.ConfigDict()
     c.sampling.max_prompt_len = 1024
     c.sampling.max_new_tokens = 8192

@@ -76,6 +76,23 @@ def _stop_token_ids(tokenizer, template_name: str) -> list[int]:
     return ids
 
 
+def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs) -> None:
+    """The chosen benchmarks (`config.eval`), one output directory per step; TensorBoard gets
+    `eval/<benchmark>/accuracy` and friends."""
+    from zero_rl.eval import run_benchmarks  # noqa: PLC0415 - only when benchmarks are asked for
+
+    e = config.eval
+    run_benchmarks(
+        graphdef, params, benchmarks=[b.strip() for b in e.benchmarks.split(",") if b.strip()],
+        out_dir=os.path.join(workdir, "eval", f"step_{step:06d}"), num_samples=e.num_samples,
+        temperature=e.temperature, top_p=e.top_p, limit=e.limit or None,
+        max_new_tokens=config.sampling.eval_max_new_tokens or config.sampling.max_new_tokens,
+        max_prompt_len=config.sampling.max_prompt_len, batch_size=config.rl.num_prompts,
+        stop_token_ids=kwargs.pop("stop_ids"), writer=writer, step=step,
+        progress=jax.process_index() == 0, **kwargs,
+    )  # fmt: skip
+
+
 def _log_samples(writer: SummaryWriter, step: int, result, count: int) -> None:
     """A few responses with their verdicts, as TensorBoard text."""
     group = len(result.texts) // len(result.examples)
@@ -248,6 +265,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if is_main:
             log.info("step %d eval/accuracy %.3f (%d examples)", step, result.accuracy,
                      len(eval_examples))  # fmt: skip
+        if config.eval.benchmarks:
+            _run_benchmarks(config, graphdef, params, step, workdir=workdir, tokenizer=tokenizer,
+                            template=template, stop_ids=stop_ids, reward=reward_cfg, pool=pool,
+                            batch_sharding=batch_sharding, writer=writer)  # fmt: skip
         return result.accuracy
 
     metrics: dict[str, float] = {}
