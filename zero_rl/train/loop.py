@@ -178,7 +178,17 @@ def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the RL job described by `config` in `workdir`; returns the last
-    step's metrics. Rerunning with the same workdir continues from the latest checkpoint."""
+    step's metrics. Rerunning with the same workdir continues from the latest checkpoint.
+
+    SIGTERM at any point (a TPU preemption notice) lets the current step finish, saves a
+    checkpoint and returns normally.
+    """
+    # Installed first, so a SIGTERM during set-up or the SFT stage is not fatal either.
+    with _Preemption() as preemption:
+        return _train(config, workdir, preemption)
+
+
+def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     config_lib.check_keys(config)
     CompileCounter.install()
     os.makedirs(workdir, exist_ok=True)
@@ -274,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)
     try:
-        with _Preemption() as preemption, sharding.activation_sharding(mesh, rules):
+        with sharding.activation_sharding(mesh, rules):
             if start_step == 0 and config.eval_every:
                 metrics["eval/accuracy"] = run_eval(0)
             for step in range(start_step, config.total_steps):
