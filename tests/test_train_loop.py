@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -166,3 +167,13 @@ def test_unknown_config_key_is_an_error_listing_valid_keys(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "nonexistent" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_changes_nothing(learned_run):
+    workdir, metrics, _ = learned_run
+    final = pathlib.Path(workdir, "final_metrics.json")
+    before = final.read_text()
+    again = train(load_config(TINY, LEARN), workdir)
+    assert final.read_text() == before
+    assert again["train/reward_mean"] == metrics["train/reward_mean"]

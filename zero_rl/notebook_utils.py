@@ -20,10 +20,11 @@ from flax import nnx
 
 from zero_rl import sampler, sharding
 from zero_rl.data import apply_template, default_template
+from zero_rl.data.templates import stop_token_ids
 from zero_rl.models import abstract_params
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
 from zero_rl.train import config as config_lib
-from zero_rl.train.loop import TINY_TOKENIZER, _stop_token_ids
+from zero_rl.train.loop import TINY_TOKENIZER
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -132,7 +133,7 @@ def restore_policy(
         params=restored["state"]["params"],
         tokenizer=tokenizer,
         template=template,
-        stop_token_ids=tuple(_stop_token_ids(tokenizer, template)),
+        stop_token_ids=tuple(stop_token_ids(tokenizer, template)),
         step=step,
         meta=dict(restored["meta"]),
         config=config,

@@ -100,3 +100,16 @@ def default_template(model_name: str) -> str:
     raise ValueError(
         f"no default template for model {model_name!r}; choose one of {sorted(TEMPLATES)}"
     )
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """The tokenizer's stop ids plus the template's stop strings that are single tokens.
+
+    A multi-token stop string cannot stop the sampler; evaluation cuts the text at it instead.
+    """
+    ids = list(tokenizer.stop_token_ids)
+    for text in get_template(template).stop_strings:
+        token = tokenizer.token_to_id(text)
+        if token is not None and token not in ids:
+            ids.append(token)
+    return ids

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from zero_rl import sampler
 from zero_rl.data import Example, apply_template, get_template
+from zero_rl.data.templates import stop_token_ids
 from zero_rl.eval.sets import EvalSet, load_eval_set
 from zero_rl.eval.store import GenerationStore, write_json
 from zero_rl.eval.summary import graded_record, scalars, summarize
@@ -37,14 +38,8 @@ SUMMARY = "summary.json"
 GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
 
 
-def default_stop_token_ids(tokenizer: Tokenizer, template: str) -> list[int]:
-    """The tokenizer's stop ids plus the template's stop strings that are single tokens."""
-    ids = list(tokenizer.stop_token_ids)
-    for text in get_template(template).stop_strings:
-        token = tokenizer.token_to_id(text)
-        if token is not None and token not in ids:
-            ids.append(token)
-    return ids
+# Kept under its public name in zero_rl.eval.
+default_stop_token_ids = stop_token_ids
 
 
 def cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str | None:

@@ -6,6 +6,7 @@ the same run can be driven from a notebook.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from zero_rl.data import (
     select_difficulty,
 )
 from zero_rl.data.synthetic import AdditionTask, sft_pairs
+from zero_rl.data.templates import stop_token_ids
 from zero_rl.models import abstract_params, create_model, from_hf
 from zero_rl.rewards import VerifierPool
 from zero_rl.tokenizer import load_tokenizer
@@ -65,15 +67,6 @@ def load_examples(config: ml_collections.ConfigDict):
     if d.eval_size:
         held_out = held_out[: d.eval_size]
     return train, held_out
-
-
-def _stop_token_ids(tokenizer, template_name: str) -> list[int]:
-    ids = list(tokenizer.stop_token_ids)
-    for text in get_template(template_name).stop_strings:
-        token = tokenizer.token_to_id(text)
-        if token is not None and token not in ids:
-            ids.append(token)
-    return ids
 
 
 def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs) -> None:
@@ -188,6 +181,137 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return _train(config, workdir, preemption)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What stays fixed for a run once the config is resolved."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    batch_sharding: jax.sharding.NamedSharding
+    tokenizer: object
+    template: str
+    stop_ids: list[int]
+    train_examples: list
+    eval_examples: list
+    model_cfg: object
+    graphdef: object
+    opts: UpdateOptions
+    tx: object
+    schedule: object
+    reward_cfg: object
+    sampling: SamplingOptions
+
+    @property
+    def needs_ref(self) -> bool:
+        return self.opts.loss.kl_coef != 0.0 or self.opts.kl_in_reward_coef != 0.0
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.opts.epochs * self.opts.num_minibatches
+
+
+def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
+    template = config.data.template or default_template(config.model.preset or "tiny")
+    log.info("prompt template: %s", template)
+    train_examples, eval_examples = load_examples(config)
+    model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
+    opts = update_options(config, mesh)
+    tx, schedule = make_optimizer(
+        config.optim, config.total_steps * opts.epochs * opts.num_minibatches
+    )
+    s = config.sampling
+    return _Run(
+        config=config, workdir=workdir, mesh=mesh,
+        batch_sharding=jax.sharding.NamedSharding(
+            mesh, sharding.logical_to_spec(("batch", "length"))
+        ),
+        tokenizer=tokenizer, template=template, stop_ids=stop_token_ids(tokenizer, template),
+        train_examples=train_examples, eval_examples=eval_examples, model_cfg=model_cfg,
+        graphdef=abstract_params(model_cfg)[0], opts=opts, tx=tx, schedule=schedule,
+        reward_cfg=config_lib.reward_config(config),
+        sampling=SamplingOptions(max_prompt_len=s.max_prompt_len,
+                                 max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, top_k=s.top_k),
+    )  # fmt: skip
+
+
+def _restore_or_start(run: _Run, ckpt: Checkpointer, iterator: PromptIterator):
+    """(start_step, params, opt_state, ref_params, meta) from the latest checkpoint, or the
+    base model at step 0 (meta None). The reference is always the base model."""
+    rules = sharding.DEFAULT_RULES
+    base = None
+    if ckpt.latest_step() is None or run.needs_ref:
+        with sharding.activation_sharding(run.mesh, rules):
+            base = _base_params(run.config, run.model_cfg, run.tokenizer, run.template,
+                                run.workdir, run.mesh, rules)  # fmt: skip
+    abstract = {"params": abstract_params(run.model_cfg, run.mesh, rules)[1]}
+    init_opt = sharded_init(run.tx, abstract["params"])
+    abstract["opt_state"] = jax.eval_shape(init_opt, abstract["params"])
+    ref_params = base if run.needs_ref else None
+    if ckpt.latest_step() is None:
+        params = jax.tree.map(jnp.copy, base) if run.needs_ref else base
+        return 0, params, init_opt(params), ref_params, None
+    restored = ckpt.restore_latest(abstract)
+    if restored is None:
+        # Never start over on top of a run's checkpoints: that would bury them.
+        raise RuntimeError(
+            f"no checkpoint in {ckpt.directory} (steps {ckpt.all_steps()}) could be restored; "
+            "see the warnings above. Move them aside to start a new run in this workdir."
+        )
+    step, state, meta = restored
+    iterator.load_state_dict(meta["data"])
+    log.info("resumed from step %d", step)
+    return step, state["params"], state["opt_state"], ref_params, meta
+
+
+def _evaluate(run: _Run, params, step: int, writer: SummaryWriter, pool) -> float:
+    """Held-out greedy accuracy on data.eval (`eval/accuracy`), plus config.eval's benchmarks."""
+    c = run.config
+    max_new = c.sampling.eval_max_new_tokens or c.sampling.max_new_tokens
+    result = evaluate(
+        run.graphdef, params, run.eval_examples, tokenizer=run.tokenizer, template=run.template,
+        max_prompt_len=c.sampling.max_prompt_len, max_new_tokens=max_new,
+        batch_size=c.rl.num_prompts, stop_token_ids=run.stop_ids, reward=run.reward_cfg,
+        pool=pool, batch_sharding=run.batch_sharding,
+    )  # fmt: skip
+    writer.scalars(step, {"eval/accuracy": result.accuracy})
+    if jax.process_index() == 0:
+        log.info("step %d eval/accuracy %.3f (%d examples)", step, result.accuracy,
+                 len(run.eval_examples))  # fmt: skip
+    if c.eval.benchmarks:
+        _run_benchmarks(c, run.graphdef, params, step, workdir=run.workdir, writer=writer,
+                        tokenizer=run.tokenizer, template=run.template, stop_ids=run.stop_ids,
+                        reward=run.reward_cfg, pool=pool,
+                        batch_sharding=run.batch_sharding)  # fmt: skip
+    return result.accuracy
+
+
+def _step_metrics(run: _Run, step: int, stats: dict, m: dict, seconds: float) -> dict[str, float]:
+    """One step's scalars: host statistics of the rollout plus the update's device metrics."""
+    metrics = dict(stats)
+    metrics.update({
+        "train/kl": float(m.get("kl", 0.0)),
+        "train/entropy": float(m["entropy"]),
+        "train/clip_frac": float(m["clip_frac_low"] + m["clip_frac_high"]),
+        "train/clip_frac_low": float(m["clip_frac_low"]),
+        "train/clip_frac_high": float(m["clip_frac_high"]),
+        "train/approx_kl": float(m["approx_kl"]),
+        "train/grad_norm": float(m["grad_norm"]),
+        "train/loss": float(m["loss"]),
+        "train/zero_signal_frac": float(m["adv/zero_signal_frac"]),
+        "train/sampler_logprob_gap": float(m["sampler_logprob_gap_mean"]),
+        "train/learning_rate": float(run.schedule((step + 1) * run.updates_per_step - 1)),
+        "perf/step_time_s": seconds,
+        "perf/sample_tokens_per_s": stats["perf/sample_tokens"]
+        / max(stats["perf/sample_time_s"], 1e-9),
+        "perf/num_compiles": float(CompileCounter.count()),
+    })  # fmt: skip
+    return metrics
+
+
 def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     config_lib.check_keys(config)
     CompileCounter.install()
@@ -196,99 +320,37 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-
-    mesh = sharding.make_mesh(config.mesh.to_dict())
-    rules = sharding.DEFAULT_RULES
-    batch_sharding = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
-    tok_path = config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER
-    tokenizer = load_tokenizer(tok_path)
-    template = config.data.template or default_template(config.model.preset or "tiny")
-    log.info("prompt template: %s", template)
-    stop_ids = _stop_token_ids(tokenizer, template)
-    train_examples, eval_examples = load_examples(config)
-    model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
-    graphdef, _ = abstract_params(model_cfg)
-
+    run = _resolve(config, workdir)
     rl = config.rl
-    opts = update_options(config, mesh)
-    updates_per_step = opts.epochs * opts.num_minibatches
-    tx, schedule = make_optimizer(config.optim, config.total_steps * updates_per_step)
-    reward_cfg = config_lib.reward_config(config)
-    needs_ref = opts.loss.kl_coef != 0.0 or rl.kl_in_reward_coef != 0.0
-
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpoint)  # fmt: skip
-    iterator = PromptIterator(train_examples, rl.num_prompts, seed=config.seed,
+    iterator = PromptIterator(run.train_examples, rl.num_prompts, seed=config.seed,
                               process_index=jax.process_index(),
                               process_count=jax.process_count())  # fmt: skip
-    base = None
-    if ckpt.latest_step() is None or needs_ref:
-        with sharding.activation_sharding(mesh, rules):
-            base = _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules)
-    abstract_state = {"params": abstract_params(model_cfg, mesh, rules)[1]}
-    init_opt = sharded_init(tx, abstract_state["params"])
-    abstract_state["opt_state"] = jax.eval_shape(init_opt, abstract_state["params"])
-    restored = ckpt.restore_latest(abstract_state) if ckpt.latest_step() is not None else None
-    if restored is None and ckpt.latest_step() is not None:
-        # Never start over on top of a run's checkpoints: that would bury them.
-        raise RuntimeError(
-            f"no checkpoint in {ckpt.directory} (steps {ckpt.all_steps()}) could be restored; "
-            "see the warnings above. Move them aside to start a new run in this workdir."
-        )
-    if restored is not None:
-        start_step, state, meta = restored
-        params, opt_state = state["params"], state["opt_state"]
-        iterator.load_state_dict(meta["data"])
-        log.info("resumed from step %d", start_step)
-    else:
-        start_step = 0
-        params = jax.tree.map(jnp.copy, base) if needs_ref else base
-        opt_state = init_opt(params)
-    ref_params = base if needs_ref else None
+    start_step, params, opt_state, ref_params, meta = _restore_or_start(run, ckpt, iterator)
+    if start_step >= config.total_steps:
+        log.info("the run already reached total_steps=%d; nothing to do", config.total_steps)
+        ckpt.close()
+        return dict(meta.get("metrics", {}))
 
     writer = SummaryWriter(os.path.join(workdir, "tb"), enabled=is_main)
-    pool = VerifierPool(num_workers=config.reward.num_workers, timeout_s=reward_cfg.timeout_s)
-    sampling = SamplingOptions(
-        max_prompt_len=config.sampling.max_prompt_len,
-        max_new_tokens=config.sampling.max_new_tokens,
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        top_k=config.sampling.top_k,
-    )
+    pool = VerifierPool(num_workers=config.reward.num_workers, timeout_s=run.reward_cfg.timeout_s)
     collector = RolloutCollector(
-        graphdef=graphdef, tokenizer=tokenizer, template=template, stop_token_ids=stop_ids,
-        sampling=sampling, num_samples=rl.num_samples, reward=reward_cfg, pool=pool,
-        batch_sharding=batch_sharding,
-        logprob_chunks=opts.num_minibatches * opts.num_microbatches,
+        graphdef=run.graphdef, tokenizer=run.tokenizer, template=run.template,
+        stop_token_ids=run.stop_ids, sampling=run.sampling, num_samples=rl.num_samples,
+        reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
+        logprob_chunks=run.opts.num_minibatches * run.opts.num_microbatches,
         logprob_chunk_len=rl.logprob_chunk,
     )  # fmt: skip
-
-    def run_eval(step):
-        result = evaluate(
-            graphdef, params, eval_examples, tokenizer=tokenizer, template=template,
-            max_prompt_len=sampling.max_prompt_len,
-            max_new_tokens=config.sampling.eval_max_new_tokens or sampling.max_new_tokens,
-            batch_size=rl.num_prompts, stop_token_ids=stop_ids, reward=reward_cfg, pool=pool,
-            batch_sharding=batch_sharding,
-        )  # fmt: skip
-        writer.scalars(step, {"eval/accuracy": result.accuracy})
-        if is_main:
-            log.info("step %d eval/accuracy %.3f (%d examples)", step, result.accuracy,
-                     len(eval_examples))  # fmt: skip
-        if config.eval.benchmarks:
-            _run_benchmarks(config, graphdef, params, step, workdir=workdir, tokenizer=tokenizer,
-                            template=template, stop_ids=stop_ids, reward=reward_cfg, pool=pool,
-                            batch_sharding=batch_sharding, writer=writer)  # fmt: skip
-        return result.accuracy
-
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)
     try:
-        with sharding.activation_sharding(mesh, rules):
+        with sharding.activation_sharding(run.mesh, sharding.DEFAULT_RULES):
             if start_step == 0 and config.eval_every:
-                metrics["eval/accuracy"] = run_eval(0)
+                metrics["eval/accuracy"] = _evaluate(run, params, 0, writer, pool)
             for step in range(start_step, config.total_steps):
                 t0 = time.perf_counter()
+                # Per-step randomness from (seed, step) alone: a resumed run replays exactly.
                 step_rng = jax.random.fold_in(rng, step)
                 result = collect(
                     collector, params, ref_params, iterator, jax.random.fold_in(step_rng, 0),
@@ -296,51 +358,27 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
                     overlong_filter=rl.overlong_filter,
                 )  # fmt: skip
                 params, opt_state, device_metrics = update(
-                    graphdef, tx, params, opt_state, result.rollout,
-                    jax.random.fold_in(step_rng, 1), opts=opts,
-                    prompt_len=sampling.max_prompt_len,
+                    run.graphdef, run.tx, params, opt_state, result.rollout,
+                    jax.random.fold_in(step_rng, 1), opts=run.opts,
+                    prompt_len=run.sampling.max_prompt_len,
                 )  # fmt: skip
-                m = jax.device_get(device_metrics)
-                metrics = dict(result.stats)
-                metrics.update({
-                    "train/kl": float(m.get("kl", 0.0)),
-                    "train/entropy": float(m["entropy"]),
-                    "train/clip_frac": float(m["clip_frac_low"] + m["clip_frac_high"]),
-                    "train/clip_frac_low": float(m["clip_frac_low"]),
-                    "train/clip_frac_high": float(m["clip_frac_high"]),
-                    "train/approx_kl": float(m["approx_kl"]),
-                    "train/grad_norm": float(m["grad_norm"]),
-                    "train/loss": float(m["loss"]),
-                    "train/zero_signal_frac": float(m["adv/zero_signal_frac"]),
-                    "train/sampler_logprob_gap": float(m["sampler_logprob_gap_mean"]),
-                    "train/learning_rate": float(schedule((step + 1) * updates_per_step - 1)),
-                })  # fmt: skip
-                step_time = time.perf_counter() - t0
-                metrics["perf/step_time_s"] = step_time
-                metrics["perf/sample_tokens_per_s"] = metrics["perf/sample_tokens"] / max(
-                    metrics["perf/sample_time_s"], 1e-9
-                )
-                metrics["perf/num_compiles"] = float(CompileCounter.count())
+                metrics = _step_metrics(run, step, result.stats, jax.device_get(device_metrics),
+                                        time.perf_counter() - t0)  # fmt: skip
                 done = step + 1
-                if config.eval_every and (
-                    done % config.eval_every == 0 or done == config.total_steps
-                ):
-                    metrics["eval/accuracy"] = run_eval(done)
-                if done % config.log_every == 0 or done == config.total_steps:
+                last = done == config.total_steps
+                if config.eval_every and (done % config.eval_every == 0 or last):
+                    metrics["eval/accuracy"] = _evaluate(run, params, done, writer, pool)
+                if done % config.log_every == 0 or last:
                     writer.scalars(done, {k: v for k, v in metrics.items() if k != "eval/accuracy"})
                     _log_samples(writer, done, result, config.num_sample_texts)
                     writer.flush()
                     if is_main:
                         print(progress_line(done, config.total_steps, metrics), flush=True)
-                should_save = config.checkpoint_every and done % config.checkpoint_every == 0
-                if should_save or done == config.total_steps or preemption.requested:
+                periodic = config.checkpoint_every and done % config.checkpoint_every == 0
+                if periodic or last or preemption.requested:
                     meta = {"step": done, "data": iterator.state_dict(),
                             "metrics": {k: float(v) for k, v in metrics.items()}}  # fmt: skip
-                    best = (
-                        {"eval/accuracy": metrics["eval/accuracy"]}
-                        if "eval/accuracy" in metrics
-                        else None
-                    )
+                    best = {k: v for k, v in metrics.items() if k == "eval/accuracy"} or None
                     ckpt.save(done, {"params": params, "opt_state": opt_state}, meta, metrics=best)
                 if preemption.requested:
                     ckpt.wait()
