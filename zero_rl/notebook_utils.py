@@ -21,7 +21,7 @@ from flax import nnx
 from zero_rl import sampler, sharding
 from zero_rl.data import apply_template, default_template
 from zero_rl.data.templates import stop_token_ids
-from zero_rl.models import abstract_params
+from zero_rl.eval.policy import restore_params
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train.loop import TINY_TOKENIZER
@@ -105,37 +105,22 @@ def restore_policy(
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
     template = config.data.template or default_template(config.model.preset or "tiny")
     model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
-    graphdef, abstract = abstract_params(model_cfg, sharding.make_mesh() if mesh is None else mesh)
+    step, graphdef, params = restore_params(
+        workdir, model_cfg, step=step, mesh=sharding.make_mesh() if mesh is None else mesh
+    )
     manager = _checkpoint_manager(workdir)
     try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"run {workdir!r} has no saved checkpoints yet")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise ValueError(f"run {workdir!r} has no checkpoint at step {step}; saved: {steps}")
-        item = {"params": abstract}
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                    partial_restore=True,  # leaves out the optimizer state
-                ),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     finally:
         manager.close()
     return Policy(
         graphdef=graphdef,
-        params=restored["state"]["params"],
+        params=params,
         tokenizer=tokenizer,
         template=template,
         stop_token_ids=tuple(stop_token_ids(tokenizer, template)),
         step=step,
-        meta=dict(restored["meta"]),
+        meta=dict(meta),
         config=config,
     )
 
