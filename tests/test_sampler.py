@@ -224,3 +224,14 @@ def test_positions_from_mask_left_and_right_padding():
     np.testing.assert_array_equal(
         positions_from_mask(valid), [[-1, -1, 0, 1, 2], [0, 1, 2, -1, -1]]
     )
+
+
+def test_bf16_compute_with_fp32_weights_matches_teacher_forcing():
+    """The sampler casts fp32 master weights to bf16 once; the training forward casts at each
+    use. Both must see the same numbers."""
+    model = create_model(CFG.replace(dtype="bfloat16"), seed=4)
+    out = sampler.generate(model, PROMPTS, max_new_tokens=6, temperature=0, prompt_buckets=BUCKETS)
+    for i, prompt in enumerate(PROMPTS):
+        full = jnp.asarray([list(prompt) + out.tokens_bn[i].tolist()])
+        logp, _ = token_logprobs(model, full)
+        np.testing.assert_allclose(out.logprobs_bn[i], logp[0, len(prompt) :], atol=0.02)

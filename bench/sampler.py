@@ -1,0 +1,200 @@
+"""Sampler throughput: prefill and decode tokens/s of `zero_rl.sampler` against the roofline,
+and on CPU against HF transformers `generate` (torch) with the same random weights.
+
+    python bench/sampler.py                                   # CPU: ~20M-parameter model
+    python bench/sampler.py --preset=qwen2.5-1.5b --dtype=bfloat16 --param-dtype=bfloat16 \\
+        --batch=64 --prompt-len=256 --new-tokens=1024         # an accelerator
+
+Decode is memory-bound: its roofline time is the bytes each step must read (every weight once,
+plus the filled part of the KV cache) over the measured bandwidth. Prefill is compute-bound: its
+roofline is 2 FLOPs per weight per token over the measured matmul peak. Decoding is greedy with
+no stop token, so every row produces exactly `--new-tokens` tokens on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bench import common  # noqa: E402
+from zero_rl import sampler  # noqa: E402
+from zero_rl.models import ModelConfig, create_model, to_hf  # noqa: E402
+
+
+def random_prompts(cfg: ModelConfig, batch: int, prompt_len: int, seed: int = 0):
+    """Full-length prompts (no padding) [batch, prompt_len] and their positions."""
+    rng = np.random.default_rng(seed)
+    tokens_bt = rng.integers(0, cfg.vocab_size, size=(batch, prompt_len), dtype=np.int32)
+    positions_bt = np.broadcast_to(np.arange(prompt_len, dtype=np.int32), tokens_bt.shape)
+    return jnp.asarray(tokens_bt), jnp.asarray(positions_bt)
+
+
+def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int):
+    """(prefill, decode, generate) of `zero_rl.sampler`: `decode(prefill())` runs the decode
+    alone (it donates the cache, so each call needs a fresh prefill), `generate()` is
+    `generate_padded` end to end and returns the greedy tokens [batch, new_tokens]."""
+    graphdef, params = nnx.split(model)
+    # The same static options `generate_padded` builds for greedy decoding, so all three
+    # run the same compiled programs.
+    static = sampler._Static(
+        num_samples=1, max_new_tokens=new_tokens, greedy=True, top_k=0, top_p=1.0,
+        stop_token_ids=(), pad_id=0, cache_dtype=None,
+    )  # fmt: skip
+
+    def prefill():
+        return sampler.prefill_jit(graphdef, params, tokens_bt, positions_bt, static=static)
+
+    def decode(prefilled):
+        cache, logits_bv, next_pos_b = prefilled
+        rng, temperature = jax.random.key(0), jnp.float32(1e-6)
+        return sampler.decode_jit(
+            graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, static=static
+        )[0].tokens_bn
+
+    def generate():
+        return sampler.generate_padded(
+            (graphdef, params), tokens_bt, positions_bt, max_new_tokens=new_tokens, temperature=0
+        ).tokens_bn
+
+    return prefill, decode, generate
+
+
+def hf_generate_fn(model, tokens_bt, threads: int):
+    """`generate(n)`: HF transformers greedy generation of n tokens [batch, n] (KV cache on),
+    from the same weights exported with `to_hf`, on `threads` torch threads."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[model.cfg.dtype]
+    with tempfile.TemporaryDirectory() as directory:
+        to_hf(model, directory, dtype="float32", overwrite=True)
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+    hf_model.eval()
+    input_ids = torch.from_numpy(np.asarray(tokens_bt, np.int64))
+    attention_mask = torch.ones_like(input_ids)
+
+    def generate(n):
+        with torch.inference_mode():
+            # No EOS in the exported config; min_new_tokens makes the length explicit anyway.
+            out = hf_model.generate(
+                input_ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, pad_token_id=0,
+            )  # fmt: skip
+        return out[:, input_ids.shape[1] :].numpy()
+
+    return generate
+
+
+def greedy_agreement(a_bn: np.ndarray, b_bn: np.ndarray) -> float:
+    """Mean over rows of the fraction of tokens before the first disagreement. Random weights
+    give near-tied logits, so float rounding may fork a row early; 1.0 means identical."""
+    differs_bn = a_bn != b_bn
+    first_bn = np.where(differs_bn.any(axis=1), differs_bn.argmax(axis=1), a_bn.shape[1])
+    return float(np.mean(first_bn / a_bn.shape[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_model_args(parser)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--hf", choices=("auto", "on", "off"), default="auto",
+        help="compare with HF transformers generate (auto: on CPU only)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    common.check_positive(
+        batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        repeats=args.repeats,
+    )  # fmt: skip
+    cfg = common.model_config(args)
+    b, p, n = args.batch, args.prompt_len, args.new_tokens
+    if p + n > cfg.max_position:
+        raise SystemExit(f"error: prompt + new tokens = {p + n} > max_position {cfg.max_position}")
+    run_hf = args.hf == "on" or (args.hf == "auto" and common.platform_name() == "cpu")
+
+    threads = common.restrict_cpus(args.cpus)
+    print(f"{common.device_description()}; {cfg.num_params() / 1e6:.1f}M parameters")
+    limits = common.device_limits(cfg.dtype, args.peak_dim, args.bandwidth_mb)
+    model = create_model(cfg, seed=0)
+    tokens_bt, positions_bt = random_prompts(cfg, b, p)
+    prefill, decode, generate = zero_rl_fns(model, tokens_bt, positions_bt, n)
+    prefill_s = common.time_call(prefill, repeats=args.repeats).median
+    decode_s = common.time_call(decode, setup=prefill, repeats=args.repeats).median
+
+    # Step i of the decode attends over p + i + 1 filled slots: on average p + (n + 1) / 2.
+    decode_bytes = n * common.decode_bytes_per_step(cfg, b, p + (n + 1) / 2, cfg.compute_dtype)
+    prefill_flops = common.forward_flops(cfg, body_tokens=b * p, logit_tokens=b)
+    results = {
+        "num_params": cfg.num_params(),
+        "batch": b,
+        "prompt_len": p,
+        "new_tokens": n,
+        **limits,
+        "prefill_s": prefill_s,
+        "decode_s": decode_s,
+        "prefill_tokens_per_s": b * p / prefill_s,
+        "decode_tokens_per_s": b * n / decode_s,
+        "decode_bytes_per_s": decode_bytes / decode_s,
+        "decode_roofline_fraction": decode_bytes / limits["bandwidth_bytes_per_s"] / decode_s,
+        "prefill_flops_per_s": prefill_flops / prefill_s,
+        "prefill_roofline_fraction": prefill_flops / limits["peak_flops"] / prefill_s,
+    }
+    rows = [
+        ("parameters", cfg.num_params() / 1e6, "M"),
+        ("measured peak", limits["peak_flops"] / 1e9, f"GFLOP/s ({cfg.dtype} matmul)"),
+        ("measured bandwidth", limits["bandwidth_bytes_per_s"] / 1e9, "GB/s"),
+        ("prefill", results["prefill_tokens_per_s"], f"tokens/s ({b} x {p})"),
+        ("prefill roofline fraction", results["prefill_roofline_fraction"], "of matmul peak"),
+        ("decode", results["decode_tokens_per_s"], f"tokens/s ({b} rows x {n})"),
+        ("decode roofline fraction", results["decode_roofline_fraction"], "of bandwidth"),
+    ]
+    if run_hf:
+        hf_generate = hf_generate_fn(model, tokens_bt, threads)
+        hf_generate(2)  # torch has nothing to compile; one short call settles lazy set-up
+        outputs = {}
+
+        def keep(name, fn):
+            outputs[name] = fn()
+            return outputs[name]
+
+        t = common.time_interleaved(
+            {
+                "generate": lambda: keep("ours", generate),
+                "hf_generate": lambda: keep("hf", lambda: hf_generate(n)),
+            },
+            warmup=0,
+            repeats=args.repeats,
+        )
+        results |= {
+            "generate_s": t["generate"].median,
+            "hf_generate_s": t["hf_generate"].median,
+            "torch_threads": threads,
+            "generate_speedup_vs_hf": t["hf_generate"].median / t["generate"].median,
+            "greedy_agreement_with_hf": greedy_agreement(
+                np.asarray(outputs["ours"]), outputs["hf"]
+            ),
+        }
+        rows += [
+            ("generate, zero_rl", t["generate"].median, "s"),
+            ("generate, HF", t["hf_generate"].median, f"s (torch, {threads} threads)"),
+            ("speed-up vs HF generate", results["generate_speedup_vs_hf"], "x (goal >= 1.5)"),
+            ("greedy agreement with HF", results["greedy_agreement_with_hf"], "of tokens"),
+        ]
+    common.print_table(f"zero_rl.sampler, {cfg.dtype}, median of {args.repeats}", rows)
+    common.write_json(args.out, results, args)
+
+
+if __name__ == "__main__":
+    main()
