@@ -1,5 +1,7 @@
 """zero-rl: zero RL (RL from verifiable rewards, straight from a base model) in JAX."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 # Ranges are the versions this package is tested with (lower bound) up to the next major
@@ -47,7 +49,7 @@ setup(
     name="zero-rl",
     version="0.1.0",
     description="Zero RL (RLVR from a base model, GRPO family) in JAX/Flax NNX",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["zero_rl", "zero_rl.*"]),

@@ -9,5 +9,7 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "deepseek-math-7b", max_response_len=3072, hardware="v5p-8 or 8x A100/H100 80GB"
+        "deepseek-math-7b",
+        max_response_len=3072,
+        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 72 of 95 GB per chip",
     )

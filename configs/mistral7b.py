@@ -9,5 +9,7 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "mistral-7b", max_response_len=8192, hardware="v5p-16 or 8x H100/H200 80GB+"
+        "mistral-7b",
+        max_response_len=8192,
+        hardware="v5p-256 mesh fsdp=64,tensor=2; planned peak 89 of 95 GB per chip",
     )

@@ -9,5 +9,7 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "qwen2.5-32b", max_response_len=8192, hardware="v5p-64 or 8 hosts of 8x H100"
+        "qwen2.5-32b",
+        max_response_len=8192,
+        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 91 of 95 GB per chip",
     )

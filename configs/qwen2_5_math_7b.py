@@ -9,5 +9,7 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "qwen2.5-math-7b", max_response_len=3072, hardware="v5p-8 or 8x H100/H200"
+        "qwen2.5-math-7b",
+        max_response_len=3072,
+        hardware="v5p-64; planned peak 76 of 95 GB per chip",
     )

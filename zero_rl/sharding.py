@@ -92,15 +92,27 @@ def logical_to_spec(
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-    """Drops mesh axes that do not divide a dimension (e.g. 2 kv heads over tensor=4)."""
+    """Drops mesh axes that do not divide a dimension (e.g. 2 kv heads over tensor=4).
+
+    The result is canonical: no size-1 mesh axes, no trailing Nones. That is how jit writes the
+    shardings of its outputs, so a donated state comes back from a step with a sharding *equal*
+    to the one it went in with. Otherwise (P(None, "tensor") back for P(None, "tensor", None))
+    the second step compiles again, and a run resumed from a checkpoint runs a different
+    executable, with different float rounding, than the run it continues.
+    """
     out = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
         kept = []
         for a in axes:
-            if dim % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[a]) == 0:
+            if (
+                mesh.shape[a] > 1
+                and dim % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[a]) == 0
+            ):
                 kept.append(a)
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    while out and out[-1] is None:
+        out.pop()
     return PartitionSpec(*out)
 
 

@@ -44,7 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoint = True
     c.num_sample_texts = 4  # responses written to TensorBoard each log step
-    c.hardware = ""  # the smallest slice/host this run is planned to fit (see launch/plan.py)
+    # The smallest slice this run is planned to fit, "<accelerator> [mesh <axes>][; notes]",
+    # e.g. "v5p-256 mesh fsdp=64,tensor=2": `python launch/plan.py --config=...` checks it.
+    c.hardware = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = ""  # a name from zero_rl.models.PRESETS, or "" to use `dims`

@@ -1,0 +1,224 @@
+"""The memory planner: parsing, exact state bytes against float64 NumPy, the compiled plan's
+bookkeeping, and launch/plan.py on the 0.5B and 7B configs at full size (no shortened lengths:
+compile time barely depends on them) on their planned slices and on the issue's 64 devices."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zero_rl import plan
+from zero_rl.models import get_preset
+from zero_rl.train.config import load_config
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GB = 1e9
+
+
+def _config(name, *overrides):
+    return load_config(os.path.join(_REPO, "configs", name), overrides)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("fsdp=64", {"fsdp": 64}),
+        ("data=2, fsdp=-1,tensor=4", {"data": 2, "fsdp": -1, "tensor": 4}),
+        ("", {}),
+    ],
+)
+def test_parse_mesh(text, expected):
+    assert plan.parse_mesh(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("model=4", "bad mesh entry"), ("fsdp", "bad mesh entry"), ("fsdp=x", "not an integer"),
+     ("tensor=0", "positive or -1")],
+)  # fmt: skip
+def test_parse_mesh_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        plan.parse_mesh(text)
+
+
+@pytest.mark.parametrize(
+    "accelerator,chips,hbm_gb",
+    [("v5p-128", 64, 95), ("v4-32", 16, 32 * 2**30 / GB), ("v5litepod-16", 16, 16),
+     ("v6e-256", 256, 32)],
+)  # fmt: skip
+def test_tpu_slices(accelerator, chips, hbm_gb):
+    assert plan.tpu_slice(accelerator) == (chips, pytest.approx(hbm_gb * GB))
+
+
+def test_hardware_and_device_count_errors():
+    assert plan.parse_hardware("v5p-256 mesh fsdp=64,tensor=2; or ...") == (
+        "v5p-256",
+        {"fsdp": 64, "tensor": 2},
+    )
+    with pytest.raises(ValueError, match="unknown TPU accelerator type 'v5e-8'"):
+        plan.parse_hardware("v5e-8")
+    with pytest.raises(ValueError, match="give the number of devices"):
+        plan.mesh_devices({"tensor": 2}, None)
+    with pytest.raises(ValueError, match="does not divide 24"):
+        plan.mesh_devices({"tensor": 5}, 24)
+    with pytest.raises(ValueError, match="has 8 devices, not 16"):
+        plan.mesh_devices({"fsdp": 8}, 16)
+    assert dict(plan.abstract_mesh({"tensor": 4}, 256).shape) == {
+        "data": 1,
+        "fsdp": 64,
+        "tensor": 4,
+    }
+
+
+def _kv_bytes_reference(config, batch_devices, kv_split) -> float:
+    """Per-device KV cache bytes in float64 from the model dimensions."""
+    cfg = get_preset(config.model.preset)
+    rows = np.float64(config.rl.num_prompts * config.rl.num_samples)
+    length = config.sampling.max_prompt_len + config.sampling.max_new_tokens
+    kv = 2 * cfg.num_layers * rows * length * cfg.num_kv_heads * cfg.head_dim * 2  # bf16
+    return kv / (batch_devices * kv_split) + rows * length * 4 / batch_devices
+
+
+def _qwen_0_5b_tensor4_params_bytes() -> float:
+    """Qwen2.5-0.5B on fsdp=16, tensor=4, by hand: 14 heads and 2 KV heads do not split 4 ways,
+    so attention weights are split 16 ways (fsdp only) and their biases not at all; the
+    vocabulary (151936) and MLP (4864) split 4 ways too."""
+    v, d, n_layers, h, k, hd, f = 151_936, 896, 24, 14, 2, 64, 4864
+    elements = (
+        v * d / 64  # tied embedding
+        + n_layers * 3 * d * f / 64  # gate, up, down
+        + n_layers * (2 * d * h * hd + 2 * d * k * hd) / 16  # q, o, k, v
+        + n_layers * (h * hd + 2 * k * hd)  # q, k, v biases, replicated
+        + (2 * n_layers + 1) * d / 16  # norms
+    )
+    return np.float64(elements) * 4
+
+
+@pytest.mark.parametrize(
+    "name,mesh,batch_devices,kv_split",
+    [
+        ("mistral7b.py", {"fsdp": 64}, 64, 1),
+        ("mistral7b.py", {"fsdp": 64, "tensor": 4}, 64, 4),
+        ("qwen2_5_0_5b.py", {"fsdp": 32}, 32, 1),
+        ("qwen2_5_0_5b.py", {"fsdp": 16, "tensor": 4}, 16, 1),  # 2 KV heads: not split 4 ways
+    ],
+)
+def test_state_bytes_match_float64_reference(name, mesh, batch_devices, kv_split):
+    config = _config(name)
+    model = get_preset(config.model.preset)
+    devices = int(np.prod(list(mesh.values())))
+    got = plan.state_bytes(config, plan.abstract_mesh(mesh))
+    params_total = np.float64(model.num_params()) * 4  # float32 master weights
+    if name == "mistral7b.py":
+        # Every weight has an embed axis split over fsdp; all but the RMSNorm scales also split
+        # over tensor (8 KV heads, 32 heads, the MLP and the vocabulary divide by 4).
+        norms = np.float64(2 * model.num_layers + 1) * model.embed_dim * 4
+        fsdp = mesh["fsdp"]
+        assert got["params"] == (params_total - norms) / devices + norms / fsdp
+    elif "tensor" not in mesh:
+        # Qwen's q/k/v biases have no embed axis and stay replicated: a little above 1/n.
+        assert params_total / devices < got["params"] <= params_total / devices * 1.01
+    else:
+        assert got["params"] == _qwen_0_5b_tensor4_params_bytes()
+    # Adam's two moments like the params, plus two int32 step counts (Adam and the schedule).
+    assert got["optimizer_state"] == 2 * got["params"] + 8
+    assert got["reference"] == got["params"]  # kl_coef > 0 keeps a reference copy
+    np.testing.assert_allclose(
+        got["kv_cache"], _kv_bytes_reference(config, batch_devices, kv_split)
+    )
+
+
+# The issue's example (64 devices of 95 GB), and the two configs on their own planned hardware.
+CLI_RUNS = {
+    "mistral7b_fsdp64": ["--config=configs/mistral7b.py", "--mesh=fsdp=64",
+                         "--device_memory_gb=95"],
+    "qwen2_5_0_5b.py": ["--config=configs/qwen2_5_0_5b.py"],
+    "mistral7b.py": ["--config=configs/mistral7b.py"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_reports() -> dict[str, dict]:
+    """launch/plan.py's JSON for each of CLI_RUNS, run in parallel (one process each, since
+    each needs its own number of simulated devices)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, os.path.join(_REPO, "launch", "plan.py"), *args],
+            cwd=_REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name, args in CLI_RUNS.items()
+    }
+    reports = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{name}: {stderr[-3000:]}"
+        reports[name] = json.loads(stdout)
+    return reports
+
+
+@pytest.mark.parametrize("run", list(CLI_RUNS))
+def test_plan_bookkeeping(cli_reports, run):
+    """XLA's own argument and alias sizes equal what the planner derives from shapes and
+    shardings, and the peak is the largest program's."""
+    report = cli_reports[run]
+    sizes, programs = report["per_device_bytes"], report["programs"]
+    rng_bytes = 8  # a threefry key
+    assert programs["update"]["argument"] == (
+        sizes["params"] + sizes["optimizer_state"] + sizes["rollout"] + rng_bytes
+    )
+    # The update donates params and optimiser state; decode donates the KV cache.
+    assert programs["update"]["alias"] == sizes["params"] + sizes["optimizer_state"]
+    assert programs["decode"]["alias"] >= 0.99 * sizes["kv_cache"]
+    assert programs["prefill"]["output"] >= sizes["kv_cache"]
+    assert report["peak_bytes"] == max(p["peak"] for p in programs.values())
+    assert report["fits"] == (report["peak_bytes"] <= report["device_memory_gb"] * GB)
+
+
+def test_issue_example_mistral7b_on_64_devices_does_not_fit(cli_reports):
+    """64 devices of 95 GB: the KV cache of 8192 rows x 9216 tokens alone needs 155 GB each."""
+    report = cli_reports["mistral7b_fsdp64"]
+    assert report["num_devices"] == 64 and report["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
+    assert report["parameter_count"] == get_preset("mistral-7b").num_params()
+    assert set(report["per_device_bytes"]) >= {
+        "params", "optimizer_state", "reference", "kv_cache", "update_temporaries"
+    }  # fmt: skip
+    assert report["per_device_bytes"]["kv_cache"] > 95 * GB
+    assert report["fits"] is False
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_0_5b.py", "mistral7b.py"])
+def test_shipped_config_fits_its_planned_hardware(cli_reports, name):
+    config = _config(name)
+    accelerator, axes = plan.parse_hardware(config.hardware)
+    report = cli_reports[name]
+    chips, hbm = plan.tpu_slice(accelerator)
+    assert report["slice"] == accelerator and report["num_devices"] == chips
+    assert report["device_memory_gb"] == round(hbm / GB, 2)
+    assert report["fits"], report
+    assert report["parameter_count"] == get_preset(config.model.preset).num_params()
+    expected = plan.state_bytes(config, plan.abstract_mesh(axes, chips))
+    assert {k: report["per_device_bytes"][k] for k in expected} == expected
+
+
+def test_every_shipped_model_config_names_a_slice_whose_state_fits():
+    """A lower bound on every config's planned slice (no compile): params, optimiser state,
+    reference, KV cache and rollout must fit in its HBM."""
+    names = []
+    for path in sorted(glob.glob(os.path.join(_REPO, "configs", "*.py"))):
+        config = load_config(path)
+        if "hardware" not in config or not config.model.get("preset"):
+            continue  # the tiny CPU configs (RL and SFT)
+        names.append(os.path.basename(path))
+        accelerator, axes = plan.parse_hardware(config.hardware)
+        chips, hbm = plan.tpu_slice(accelerator)
+        assert sum(plan.state_bytes(config, plan.abstract_mesh(axes, chips)).values()) < hbm, path
+    assert {"qwen2_5_0_5b.py", "mistral7b.py"} <= set(names)
