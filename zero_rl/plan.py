@@ -189,8 +189,10 @@ class StepArrays:
     rng: jax.ShapeDtypeStruct
 
 
-def step_arrays(config: ml_collections.ConfigDict, mesh, rules=sharding.DEFAULT_RULES):
-    """`StepArrays` of `config` on `mesh` (a Mesh or an AbstractMesh)."""
+def step_arrays(config: ml_collections.ConfigDict, mesh, rules=None):
+    """`StepArrays` of `config` on `mesh` (a Mesh or an AbstractMesh); `rules` default to the
+    config's `sharding` section."""
+    rules = rules or sharding.rules_from_config(config.sharding)
     model_cfg = _model_config(config)
     rl, s = config.rl, config.sampling
     opts = update_options(config, mesh)
@@ -224,12 +226,11 @@ def step_arrays(config: ml_collections.ConfigDict, mesh, rules=sharding.DEFAULT_
     )
 
 
-def state_bytes(
-    config: ml_collections.ConfigDict, mesh, rules=sharding.DEFAULT_RULES
-) -> dict[str, int]:
+def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str, int]:
     """Exact per-device bytes of what one RL step holds, from shapes and shardings alone (no
     compile; `mesh` may be an AbstractMesh of any size): params, optimiser state, reference
     params, the sampler's KV cache and the rollout batch. A lower bound on the peak."""
+    rules = rules or sharding.rules_from_config(config.sharding)
     arrays = step_arrays(config, mesh, rules)
     cfg, rows_bt = arrays.model_cfg, arrays.rollout.tokens_bt
     rows, length = rows_bt.shape
@@ -252,7 +253,7 @@ def plan(
     mesh: Mesh,
     *,
     device_memory_bytes: float | None = None,
-    rules=sharding.DEFAULT_RULES,
+    rules=None,
 ) -> dict:
     """Per-device memory of one RL step of `config` on `mesh`, as a JSON-ready dict.
 
@@ -261,6 +262,7 @@ def plan(
     `num_samples` responses of `max_new_tokens` each; the log-prob pass and the update on the
     [num_prompts * num_samples, P + N] rollout. `mesh` needs real (or fake CPU) devices.
     """
+    rules = rules or sharding.rules_from_config(config.sharding)
     arrays = step_arrays(config, mesh, rules)
     s, rl = config.sampling, config.rl
     graphdef, params = arrays.graphdef, arrays.params

@@ -38,6 +38,31 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _ACTIVE: dict = {"mesh": None, "rules": None}
 
 
+def rules_to_config(rules=DEFAULT_RULES) -> dict[str, str]:
+    """Rules as config strings: {"batch": "data,fsdp", "embed": "fsdp", "length": "", ...}."""
+    return {
+        name: ",".join((target,) if isinstance(target, str) else tuple(target or ()))
+        for name, target in rules
+    }
+
+
+def rules_from_config(
+    section: Mapping[str, str],
+) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """The inverse of `rules_to_config`; every logical axis must be present, every mesh axis
+    named must be one of `MESH_AXES`."""
+    section = dict(section)
+    if missing := sorted({name for name, _ in DEFAULT_RULES} - set(section)):
+        raise ValueError(f"sharding rules lack logical axes {missing}")
+    rules = []
+    for name, text in section.items():
+        axes = tuple(a.strip() for a in str(text).split(",") if a.strip())
+        if bad := [a for a in axes if a not in MESH_AXES]:
+            raise ValueError(f"sharding rule {name}={text!r}: {bad} not in mesh axes {MESH_AXES}")
+        rules.append((name, None if not axes else axes[0] if len(axes) == 1 else axes))
+    return tuple(rules)
+
+
 def make_mesh(
     axis_sizes: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:

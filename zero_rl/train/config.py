@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from zero_rl import sharding
 from zero_rl.models.config import ModelConfig, get_preset
 from zero_rl.rewards import RewardConfig
 from zero_rl.rl import LossConfig
@@ -134,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = _optim()
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # Logical axis -> mesh axes ("data,fsdp"; "" = replicated), used for params, optimiser
+    # state, reference, KV cache, batches and activations of the RL stage.
+    c.sharding = ml_collections.ConfigDict(sharding.rules_to_config())
 
     # Optional SFT stage that makes the base model first (the tiny default uses it).
     c.sft = ml_collections.ConfigDict()

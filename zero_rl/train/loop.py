@@ -188,6 +188,7 @@ class _Run:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
+    rules: tuple
     batch_sharding: jax.sharding.NamedSharding
     tokenizer: object
     template: str
@@ -213,6 +214,7 @@ class _Run:
 
 def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     mesh = sharding.make_mesh(config.mesh.to_dict())
+    rules = sharding.rules_from_config(config.sharding)
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
     template = config.data.template or default_template(config.model.preset or "tiny")
     log.info("prompt template: %s", template)
@@ -224,9 +226,9 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     )
     s = config.sampling
     return _Run(
-        config=config, workdir=workdir, mesh=mesh,
+        config=config, workdir=workdir, mesh=mesh, rules=rules,
         batch_sharding=jax.sharding.NamedSharding(
-            mesh, sharding.logical_to_spec(("batch", "length"))
+            mesh, sharding.logical_to_spec(("batch", "length"), rules)
         ),
         tokenizer=tokenizer, template=template, stop_ids=stop_token_ids(tokenizer, template),
         train_examples=train_examples, eval_examples=eval_examples, model_cfg=model_cfg,
@@ -241,7 +243,7 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 def _restore_or_start(run: _Run, ckpt: Checkpointer, iterator: PromptIterator):
     """(start_step, params, opt_state, ref_params, meta) from the latest checkpoint, or the
     base model at step 0 (meta None). The reference is always the base model."""
-    rules = sharding.DEFAULT_RULES
+    rules = run.rules
     base = None
     if ckpt.latest_step() is None or run.needs_ref:
         with sharding.activation_sharding(run.mesh, rules):
@@ -345,7 +347,7 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)
     try:
-        with sharding.activation_sharding(run.mesh, sharding.DEFAULT_RULES):
+        with sharding.activation_sharding(run.mesh, run.rules):
             if start_step == 0 and config.eval_every:
                 metrics["eval/accuracy"] = _evaluate(run, params, 0, writer, pool)
             for step in range(start_step, config.total_steps):
