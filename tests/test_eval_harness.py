@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from zero_rl.data import load_benchmark
+from zero_rl.data.templates import cut_at_stop_string
 from zero_rl.eval import RECORD_FIELDS, EvalSet, harness, run_benchmarks
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
@@ -186,8 +187,8 @@ def test_bad_arguments(policy, tokenizer, pool, tmp_path):
 
 
 def test_stop_strings(tokenizer):
-    assert harness.cut_at_stop_string("a </answer> b </x>", ["</x>", "</answer>"]) == "a </answer>"
-    assert harness.cut_at_stop_string("no stop here", ["</answer>"]) is None
+    assert cut_at_stop_string("a </answer> b </x>", ["</x>", "</answer>"]) == "a </answer>"
+    assert cut_at_stop_string("no stop here", ["</answer>"]) is None
     # "</answer>" is one token of this vocabulary, so r1_zero's stop string stops the sampler.
     answer_end = tokenizer.token_to_id("</answer>")
     assert harness.default_stop_token_ids(tokenizer, "r1_zero") == [tokenizer.eos_id, answer_end]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 _BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -113,3 +114,13 @@ def stop_token_ids(tokenizer, template: str) -> list[int]:
         if token is not None and token not in ids:
             ids.append(token)
     return ids
+
+
+def cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str | None:
+    """`text` up to and including the first stop string, or None if it has none.
+
+    A stop string that is not one token (r1_zero's "</answer>" in most vocabularies) cannot
+    stop the sampler, so the response is cut here, as a serving engine's `stop=` would.
+    """
+    ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else None

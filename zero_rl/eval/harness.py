@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from zero_rl import sampler
 from zero_rl.data import Example, apply_template, get_template
-from zero_rl.data.templates import stop_token_ids
+from zero_rl.data.templates import cut_at_stop_string, stop_token_ids
 from zero_rl.eval.sets import EvalSet, load_eval_set
 from zero_rl.eval.store import GenerationStore, write_json
 from zero_rl.eval.summary import graded_record, scalars, summarize
@@ -40,16 +40,6 @@ GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
 
 # Kept under its public name in zero_rl.eval.
 default_stop_token_ids = stop_token_ids
-
-
-def cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> str | None:
-    """`text` up to and including the first stop string, or None if it has none.
-
-    A stop string that is not one token (r1_zero's "</answer>" in most vocabularies) cannot
-    stop the sampler, so the response is cut here, as a serving engine's `stop=` would.
-    """
-    ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
-    return text[: min(ends)] if ends else None
 
 
 @dataclasses.dataclass(frozen=True)

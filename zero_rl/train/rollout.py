@@ -19,7 +19,7 @@ import numpy as np
 
 from zero_rl import sampler, sharding
 from zero_rl.data.records import Example
-from zero_rl.data.templates import apply_template
+from zero_rl.data.templates import apply_template, cut_at_stop_string, get_template
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
 from zero_rl.tokenizer import Tokenizer, encode_prompts
 from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
@@ -165,6 +165,10 @@ class RolloutCollector:
         tokens_bn, lengths_b, stopped_b = self._local(out.tokens_bn, out.lengths_b, out.stopped_b)
         sample_time = time.perf_counter() - start
         texts = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
+        # Multi-token stop strings (r1_zero's "</answer>") cannot stop the sampler: grade the
+        # text up to them, as evaluation does.
+        stops = get_template(self.template).stop_strings
+        texts = [cut_at_stop_string(t, stops) or t for t in texts]
         answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
         verify_start = time.perf_counter()
         verdicts = score(texts, answers, config=self.reward, pool=self.pool)
