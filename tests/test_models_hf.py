@@ -219,6 +219,18 @@ def test_config_overrides_and_dtypes(llama_dir):
     assert model.embed.get_value().dtype == jnp.float32
 
 
+def test_value_head_starts_at_zero_and_is_not_exported(llama_dir, tmp_path):
+    """PPO's critic head is not part of an HF causal LM: import creates it at zero, export leaves
+    it out, and the LM itself is unchanged."""
+    plain = from_hf(llama_dir)
+    with_head = from_hf(llama_dir, value_head=True)
+    assert float(jnp.abs(with_head.value_head.get_value()).sum()) == 0.0
+    tokens = jnp.arange(1, 9)[None]
+    np.testing.assert_array_equal(plain(tokens), with_head(tokens))
+    to_hf(with_head, tmp_path / "out", dtype="float32")
+    np.testing.assert_array_equal(from_hf(tmp_path / "out")(tokens), plain(tokens))
+
+
 # Published config.json files (transformers 4.x form) of models the presets describe.
 PUBLISHED_CONFIGS = {
     "llama3.1-8b": {

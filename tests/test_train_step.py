@@ -13,6 +13,7 @@ from zero_rl.train.rl_step import (
     Rollout,
     UpdateOptions,
     assemble_sequences,
+    rollout_advantages,
     rollout_logprobs,
     update,
 )
@@ -156,3 +157,59 @@ def test_epochs_and_minibatches_take_several_optimizer_steps():
     assert int(opt_state[0].count) == 4
     # Later minibatches are off-policy: their ratios move away from 1.
     assert metrics["ratio_max"] > 1.0
+
+
+def _numpy_gae(values, rewards, mask, gamma, lam):
+    adv = np.zeros_like(values)
+    for b in range(values.shape[0]):
+        idx = np.flatnonzero(mask[b])
+        next_value, next_adv = 0.0, 0.0
+        for t in idx[::-1]:
+            delta = rewards[b, t] + gamma * next_value - values[b, t]
+            next_adv = delta + gamma * lam * next_adv
+            adv[b, t], next_value = next_adv, values[b, t]
+    return adv
+
+
+def test_ppo_advantages_are_whitened_gae_of_the_outcome_reward():
+    model = create_model(CFG.replace(value_head=True), seed=5)
+    rollout = _rollout(model, seed=5)
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda x: x + 0.01, params)  # a non-zero value head
+    _, values = rollout_logprobs(
+        graphdef, params, rollout.tokens_bt, rollout.positions_bt, prompt_len=P, num_chunks=1,
+        chunk=4, with_values=True,
+    )  # fmt: skip
+    rollout = rollout._replace(old_values_bn=values)
+    opts = UpdateOptions(loss=LossConfig(), estimator="gae", gamma=0.99, lam=0.9)
+    adv, returns, _ = rollout_advantages(rollout, opts)
+    mask = np.asarray(rollout.mask_bn, np.float64)
+    rewards = np.zeros_like(mask)
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    rewards[np.arange(len(last)), last] = np.asarray(rollout.rewards_pg).reshape(-1)
+    raw = _numpy_gae(np.asarray(values, np.float64) * mask, rewards, mask, 0.99, 0.9)
+    m = mask > 0
+    expected = (raw - raw[m].mean()) / (raw[m].std() + 1e-6) * mask
+    np.testing.assert_allclose(adv, expected, atol=1e-4)
+    np.testing.assert_allclose(returns, (raw + np.asarray(values) * mask) * mask, atol=1e-5)
+
+
+def test_ppo_update_trains_the_shared_value_head():
+    model = create_model(CFG.replace(value_head=True), seed=6)
+    graphdef, params = nnx.split(model)
+    rollout = _rollout(model, seed=6)
+    rollout = rollout._replace(old_values_bn=jnp.zeros_like(rollout.old_logprobs_bn))
+    tx = optax.adam(3e-3)
+    opts = UpdateOptions(
+        loss=LossConfig(), estimator="gae", vf_coef=1.0, vf_clip=None, logprob_chunk=4
+    )
+    params = jax.tree.map(jnp.copy, params)
+    opt_state = tx.init(params)
+    losses = []
+    for i in range(6):
+        params, opt_state, metrics = update(
+            graphdef, tx, params, opt_state, rollout, jax.random.key(i), opts=opts, prompt_len=P
+        )
+        losses.append(float(metrics["vf_loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert float(jnp.abs(params["value_head"][...]).sum()) > 0

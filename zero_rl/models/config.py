@@ -45,6 +45,8 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    # A scalar value head on the final hidden state (PPO's critic sharing the policy's trunk).
+    value_head: bool = False
     # The HF `architectures` entry written on export ("LlamaForCausalLM", ...).
     hf_architecture: str = "LlamaForCausalLM"
 
@@ -88,7 +90,8 @@ class ModelConfig:
         attn = d * h * hd * 2 + d * k * hd * 2 + (h * hd + 2 * k * hd if self.qkv_bias else 0)
         per_layer = attn + 3 * d * f + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return self.num_layers * per_layer + embed + d
+        value = d + 1 if self.value_head else 0
+        return self.num_layers * per_layer + embed + d + value
 
 
 _LLAMA3_SCALING = RopeScaling(8.0, 1.0, 4.0, 8192)

@@ -402,8 +402,14 @@ def from_hf(
         piece = _put(host, _piece_sharding(target), spec.dtype)
         loaded[tensor.path] = _layer_writer(target)(loaded[tensor.path], piece, layer)
 
-    params = nnx.map_state(lambda p, var: var.replace(loaded[p]), abstract)
-    return nnx.merge(graphdef, params)
+    def fill(path, var):
+        if path in loaded:
+            return var.replace(loaded[path])
+        # Parameters HF causal LMs do not have (the PPO value head) start at zero.
+        spec = var.get_value()
+        return var.replace(jnp.zeros(spec.shape, spec.dtype, device=targets[path]))
+
+    return nnx.merge(graphdef, nnx.map_state(fill, abstract))
 
 
 # --------------------------------------------------------------------------------------------

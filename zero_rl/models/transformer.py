@@ -66,6 +66,19 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(cfg, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), dt)
+        if cfg.value_head:
+            # Zero-initialised: the critic starts by predicting 0 for every state.
+            self.value_head = _param(rngs, (cfg.embed_dim,), ("embed",), dt, "zeros")
+            self.value_bias = _param(rngs, (), (), dt, "zeros")
+
+    def values(self, hidden_btd: jax.Array) -> jax.Array:
+        """The value head's V [batch, time] (float32) of each position's hidden state."""
+        if not self.cfg.value_head:
+            raise ValueError("this model has no value head (ModelConfig.value_head=False)")
+        h = hidden_btd.astype(jnp.float32)
+        return h @ self.value_head[...].astype(jnp.float32) + self.value_bias[...].astype(
+            jnp.float32
+        )
 
     def head_weight(self) -> jax.Array:
         """The output projection [embed, vocab] (the transposed embedding when tied)."""

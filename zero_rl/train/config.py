@@ -91,7 +91,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.minibatch_size = 256  # rows (responses) per optimiser step
     c.rl.microbatch_size = 0  # rows per gradient-accumulation step (0 = whole minibatch)
     c.rl.epochs = 1
-    c.rl.estimator = "grpo"
+    c.rl.estimator = "grpo"  # or dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, gae (PPO)
+    # PPO ("gae"): a value head on the policy's trunk is the critic.
+    c.rl.gamma = 1.0
+    c.rl.lam = 1.0
+    c.rl.vf_coef = 0.5
+    c.rl.vf_clip = 0.2
     c.rl.adv_eps = 1e-6
     c.rl.kl_in_reward_coef = 0.0  # > 0 puts the KL into the reward instead of the loss
     c.rl.dynamic_sampling = False
@@ -288,7 +293,12 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
     m = config.model
-    common = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    common = dict(
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        value_head=config.rl.estimator == "gae",
+    )
     if m.preset:
         return get_preset(m.preset, **common)
     dims = dict(m.dims.to_dict())

@@ -123,7 +123,8 @@ def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     """The starting policy: an HF checkpoint or a random init, then the optional SFT stage."""
     if config.model.hf_path:
         model = from_hf(config.model.hf_path, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
-                        param_dtype=model_cfg.param_dtype, remat=model_cfg.remat)  # fmt: skip
+                        param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
+                        value_head=model_cfg.value_head)  # fmt: skip
     else:
         model = create_model(model_cfg, seed=config.seed, mesh=mesh, rules=rules)
     if config.sft.steps > 0:
@@ -166,6 +167,10 @@ def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         num_minibatches=rows // rl.minibatch_size,
         num_microbatches=rl.minibatch_size // microbatch,
         logprob_chunk=rl.logprob_chunk,
+        gamma=rl.gamma,
+        lam=rl.lam,
+        vf_coef=rl.vf_coef,
+        vf_clip=rl.vf_clip,
     )
 
 
@@ -306,6 +311,9 @@ def _step_metrics(run: _Run, step: int, stats: dict, m: dict, seconds: float) ->
         "train/zero_signal_frac": float(m["adv/zero_signal_frac"]),
         "train/sampler_logprob_gap": float(m["sampler_logprob_gap_mean"]),
         "train/learning_rate": float(run.schedule((step + 1) * run.updates_per_step - 1)),
+        **({"train/vf_loss": float(m["vf_loss"]),
+            "train/vf_explained_variance": float(m["explained_variance"])}
+           if "vf_loss" in m else {}),
         "perf/step_time_s": seconds,
         "perf/sample_tokens_per_s": stats["perf/sample_tokens"]
         / max(stats["perf/sample_time_s"], 1e-9),
@@ -342,7 +350,7 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
         stop_token_ids=run.stop_ids, sampling=run.sampling, num_samples=rl.num_samples,
         reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
         logprob_chunks=run.opts.num_minibatches * run.opts.num_microbatches,
-        logprob_chunk_len=rl.logprob_chunk,
+        logprob_chunk_len=rl.logprob_chunk, with_values=run.model_cfg.value_head,
     )  # fmt: skip
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)

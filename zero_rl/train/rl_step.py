@@ -18,7 +18,16 @@ import optax
 from flax import nnx
 
 from zero_rl.models.transformer import logprobs_from_hidden
-from zero_rl.rl import LossConfig, compute_advantages, kl_estimate, policy_loss
+from zero_rl.rl import (
+    LossConfig,
+    compute_advantages,
+    gae,
+    kl_estimate,
+    last_token_mask,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
 from zero_rl.sharding import constrain
 
 
@@ -31,6 +40,7 @@ class Rollout(NamedTuple):
       old-policy and reference log-probs of the response tokens.
     rewards_pg: [prompts, samples] verifier rewards (after shaping).
     group_mask_p: [prompts] 1.0 for groups that train (0 for dynamic-sampling padding).
+    old_values_bn: [rows, N] the value head's V at rollout time (PPO with GAE only).
     """
 
     tokens_bt: jax.Array
@@ -41,6 +51,7 @@ class Rollout(NamedTuple):
     ref_logprobs_bn: jax.Array
     rewards_pg: jax.Array
     group_mask_p: jax.Array
+    old_values_bn: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +59,13 @@ class UpdateOptions:
     """Static options of the update (hashable: part of the jit cache key)."""
 
     loss: LossConfig
+    # A group estimator ("grpo", "dr_grpo", "rloo", "reinforce_pp", ...) or "gae": PPO with the
+    # policy's value head as critic (gamma, lam, vf_coef, vf_clip apply to it).
     estimator: str = "grpo"
+    gamma: float = 1.0
+    lam: float = 1.0
+    vf_coef: float = 0.0
+    vf_clip: float | None = 0.2
     adv_eps: float = 1e-6
     kl_in_reward_coef: float = 0.0
     epochs: int = 1
@@ -77,36 +94,58 @@ def assemble_sequences(
     return tokens, positions.astype(jnp.int32), mask_bn.astype(jnp.float32)
 
 
-def _response_logprobs(model, tokens_bt, positions_bt, prompt_len, *, chunk, with_entropy):
-    """log p of each response token [rows, N] (and entropy), from one forward pass."""
+def _response_logprobs(
+    model, tokens_bt, positions_bt, prompt_len, *, chunk, with_entropy, with_values=False
+):
+    """log p of each response token [rows, N], entropy and V (or None), from one forward pass.
+
+    V [rows, N] is the value of the state each response token is emitted from.
+    """
     hidden, _ = model.hidden_states(tokens_bt, positions_bt)
     # Logits at position t predict token t + 1: responses start at column P.
     hidden = hidden[:, prompt_len - 1 : -1]
-    return logprobs_from_hidden(
+    logp, entropy = logprobs_from_hidden(
         hidden,
         model.head_weight(),
         tokens_bt[:, prompt_len:],
         chunk_size=chunk,
         with_entropy=with_entropy,
     )
+    return logp, entropy, model.values(hidden) if with_values else None
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "num_chunks", "chunk"))
-def rollout_logprobs(graphdef, params, tokens_bt, positions_bt, *, prompt_len, num_chunks, chunk):
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "prompt_len", "num_chunks", "chunk", "with_values")
+)
+def rollout_logprobs(
+    graphdef,
+    params,
+    tokens_bt,
+    positions_bt,
+    *,
+    prompt_len,
+    num_chunks,
+    chunk,
+    with_values=False,
+):
     """Teacher-forced response log-probs [rows, N] under `params`, `num_chunks` rows-blocks
-    at a time (bounding activation memory for large rollouts)."""
+    at a time (bounding activation memory for large rollouts); with `with_values`, the pair
+    (log-probs, value-head V [rows, N])."""
     model = nnx.merge(graphdef, params)
     rows = tokens_bt.shape[0]
 
     def one(args):
         tokens, positions = args
-        return _response_logprobs(
-            model, tokens, positions, prompt_len, chunk=chunk, with_entropy=False
-        )[0]
+        logp, _, values = _response_logprobs(
+            model, tokens, positions, prompt_len, chunk=chunk, with_entropy=False,
+            with_values=with_values,
+        )  # fmt: skip
+        return (logp, values) if with_values else logp
 
     split = lambda x: x.reshape(num_chunks, rows // num_chunks, *x.shape[1:])
-    logp = jax.lax.map(one, (split(tokens_bt), split(positions_bt)))
-    return constrain(logp.reshape(rows, -1), ("batch", "length"))
+    out = jax.lax.map(one, (split(tokens_bt), split(positions_bt)))
+    join = lambda x: constrain(x.reshape(rows, -1), ("batch", "length"))
+    return jax.tree.map(join, out)
 
 
 def _loss_count(mask_bn: jax.Array, aggregation: str) -> jax.Array:
@@ -117,7 +156,10 @@ def _loss_count(mask_bn: jax.Array, aggregation: str) -> jax.Array:
 
 
 def rollout_advantages(rollout: Rollout, opts: UpdateOptions):
-    """Per-token advantages [rows, N] from the group rewards (computed inside jit)."""
+    """Per-token advantages [rows, N] (and value targets [rows, N] for "gae", else None) from
+    the rewards, inside jit."""
+    if opts.estimator == "gae":
+        return _gae_advantages(rollout, opts)
     rewards_pg = rollout.rewards_pg
     if opts.kl_in_reward_coef:
         # KL as a reward penalty: each sequence's summed per-token KL to the reference.
@@ -129,7 +171,30 @@ def rollout_advantages(rollout: Rollout, opts: UpdateOptions):
     adv_pg, stats = compute_advantages(
         rewards_pg, estimator=opts.estimator, eps=opts.adv_eps, group_mask_p=rollout.group_mask_p
     )
-    return adv_pg.reshape(-1)[:, None] * rollout.mask_bn, stats
+    return adv_pg.reshape(-1)[:, None] * rollout.mask_bn, None, stats
+
+
+def _gae_advantages(rollout: Rollout, opts: UpdateOptions):
+    """PPO: the outcome reward on each response's last token (minus a per-token KL penalty when
+    `kl_in_reward_coef` is set), GAE over the rollout's values, advantages whitened over the
+    batch (Schulman et al. 2017; as in the RLHF PPO recipes)."""
+    if rollout.old_values_bn is None:
+        raise ValueError('estimator="gae" needs the rollout\'s old values (a value head)')
+    mask = rollout.mask_bn * jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])[:, None]
+    token_rewards = last_token_mask(rollout.mask_bn) * rollout.rewards_pg.reshape(-1)[:, None]
+    if opts.kl_in_reward_coef:
+        kl_bn = kl_estimate(
+            rollout.old_logprobs_bn, rollout.ref_logprobs_bn, estimator=opts.loss.kl_estimator
+        )
+        token_rewards = token_rewards - opts.kl_in_reward_coef * kl_bn * rollout.mask_bn
+    advantages, returns = gae(rollout.old_values_bn, token_rewards, mask, opts.gamma, opts.lam)
+    stats = {
+        "reward_mean": jnp.mean(rollout.rewards_pg),
+        "reward_std": jnp.std(rollout.rewards_pg),
+        "zero_signal_groups": jnp.float32(0),
+        "zero_signal_frac": jnp.float32(0),
+    }
+    return masked_whiten(advantages, mask), returns, stats
 
 
 @functools.partial(
@@ -142,7 +207,8 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
 
     Returns (params, opt_state, metrics) with metrics averaged over minibatches.
     """
-    advantages_bn, adv_stats = rollout_advantages(rollout, opts)
+    advantages_bn, returns_bn, adv_stats = rollout_advantages(rollout, opts)
+    use_critic = returns_bn is not None
     row_mask_bn = (
         rollout.mask_bn * jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])[:, None]
     )
@@ -153,17 +219,13 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
     use_ref = opts.loss.kl_coef != 0.0
 
     def loss_fn(p, batch):
-        tokens, positions, mask, adv, old, ref, sampler_lp = batch
+        tokens, positions, mask, adv, old, ref, sampler_lp, old_values, returns = batch
         model = nnx.merge(graphdef, p)
-        logp, ent = _response_logprobs(
-            model,
-            tokens,
-            positions,
-            prompt_len,
-            chunk=opts.logprob_chunk,
-            with_entropy=need_entropy,
-        )
-        return policy_loss(
+        logp, ent, values = _response_logprobs(
+            model, tokens, positions, prompt_len, chunk=opts.logprob_chunk,
+            with_entropy=need_entropy, with_values=use_critic,
+        )  # fmt: skip
+        loss, metrics = policy_loss(
             logp,
             old,
             adv,
@@ -173,6 +235,14 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
             entropy_bt=ent,
             sampler_logprobs_bt=sampler_lp,
         )
+        if use_critic:
+            vf_loss, vf_metrics = value_loss(
+                values, old_values, returns, mask, clip_range=opts.vf_clip,
+                aggregation=opts.loss.aggregation, norm_len=opts.loss.norm_len,
+            )  # fmt: skip
+            loss = loss + opts.vf_coef * vf_loss
+            metrics = metrics | {"vf_loss": vf_loss} | vf_metrics
+        return loss, metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     fields = (
@@ -183,6 +253,9 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
         rollout.old_logprobs_bn,
         rollout.ref_logprobs_bn,
         rollout.sampler_logprobs_bn,
+        # Placeholders keep one batch layout when there is no critic.
+        rollout.old_values_bn if use_critic else jnp.zeros_like(advantages_bn),
+        returns_bn if use_critic else jnp.zeros_like(advantages_bn),
     )
 
     def minibatch_step(carry, index):

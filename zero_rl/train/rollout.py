@@ -94,6 +94,7 @@ class RolloutCollector:
         batch_sharding: jax.sharding.Sharding | None = None,
         logprob_chunks: int = 1,
         logprob_chunk_len: int = 512,
+        with_values: bool = False,
     ):
         self.graphdef = graphdef
         self.tokenizer = tokenizer
@@ -106,6 +107,7 @@ class RolloutCollector:
         self.batch_sharding = batch_sharding
         self.logprob_chunks = logprob_chunks
         self.logprob_chunk_len = logprob_chunk_len
+        self.with_values = with_values  # PPO: the value head's V at rollout time
 
     def _put(self, *arrays):
         """This process's rows -> global batch arrays (rows of all processes, in order)."""
@@ -119,7 +121,7 @@ class RolloutCollector:
             return jax.device_get(arrays)
         return sharding.local_rows(arrays, self.batch_sharding)
 
-    def _logprobs(self, params, tokens, positions):
+    def _logprobs(self, params, tokens, positions, *, with_values=False):
         return rollout_logprobs(
             self.graphdef,
             params,
@@ -128,6 +130,7 @@ class RolloutCollector:
             prompt_len=self.sampling.max_prompt_len,
             num_chunks=self.logprob_chunks,
             chunk=self.logprob_chunk_len,
+            with_values=with_values,
         )
 
     def draw(self, params, ref_params, examples: Sequence[Example], rng) -> RolloutResult:
@@ -156,7 +159,10 @@ class RolloutCollector:
             prompt_tokens, prompt_positions, out.tokens_bn, out.lengths_b, self.num_samples
         )
         # Dispatched before the host blocks on the tokens: overlaps with verification.
-        old_logprobs = self._logprobs(params, tokens, positions)
+        old_logprobs = self._logprobs(params, tokens, positions, with_values=self.with_values)
+        old_values = None
+        if self.with_values:
+            old_logprobs, old_values = old_logprobs
         ref_logprobs = (
             self._logprobs(ref_params, tokens, positions)
             if ref_params is not None
@@ -218,6 +224,7 @@ class RolloutCollector:
             ref_logprobs_bn=ref_logprobs,
             rewards_pg=rewards_pg,
             group_mask_p=group_mask_p,
+            old_values_bn=old_values,
         )
         return RolloutResult(rollout, list(examples), texts, verdicts, stopped_b, stats)
 
@@ -307,6 +314,7 @@ def _select(
         ref_logprobs_bn=stacked.ref_logprobs_bn[row_idx],
         rewards_pg=stacked.rewards_pg[group_idx],
         group_mask_p=jnp.asarray([1.0] * len(kept) + [0.0] * (num_groups - len(kept))),
+        old_values_bn=None if stacked.old_values_bn is None else stacked.old_values_bn[row_idx],
     )
     examples = [draws[d].examples[g] for d, g in chosen]
     texts = [draws[d].texts[g * g_size + i] for d, g in chosen for i in range(g_size)]
