@@ -229,6 +229,13 @@ def test_value_head_starts_at_zero_and_is_not_exported(llama_dir, tmp_path):
     np.testing.assert_array_equal(plain(tokens), with_head(tokens))
     to_hf(with_head, tmp_path / "out", dtype="float32")
     np.testing.assert_array_equal(from_hf(tmp_path / "out")(tokens), plain(tokens))
+    # A separate critic starts as a copy of the policy's trunk.
+    separate = from_hf(llama_dir, value_head=True, separate_critic=True)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(separate.critic_layers)),
+        jax.tree.leaves(nnx.state(separate.layers)),
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 # Published config.json files (transformers 4.x form) of models the presets describe.

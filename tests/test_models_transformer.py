@@ -126,3 +126,20 @@ def test_largest_preset_compiles_quickly_with_scanned_layers():
     start = time.perf_counter()
     jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, tokens).compile()
     assert time.perf_counter() - start < 60
+
+
+def test_separate_critic_has_its_own_trunk_and_does_not_train_the_embedding():
+    cfg = CFG.replace(value_head=True, separate_critic=True)
+    model = create_model(cfg, seed=3)
+    graphdef, params = nnx.split(model)
+    tokens = jnp.arange(1, 9)[None]
+
+    def critic(p):
+        return jnp.sum(nnx.merge(graphdef, p).critic_values(tokens) ** 2)
+
+    params = jax.tree.map(lambda x: x + 0.01, params)  # non-zero value head
+    grads = jax.grad(critic)(params)
+    norm = lambda tree: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))  # noqa: E731
+    assert norm(grads["critic_layers"]) > 0 and norm(grads["value_head"]) > 0
+    assert norm(grads["layers"]) == 0 and norm(grads["embed"]) == 0
+    assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()

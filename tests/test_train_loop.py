@@ -179,9 +179,10 @@ def test_rerunning_a_finished_run_changes_nothing(learned_run):
     assert again["train/reward_mean"] == metrics["train/reward_mean"]
 
 
-def test_ppo_with_a_shared_value_head_trains(tmp_path):
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_ppo_with_a_value_head_trains(tmp_path, critic):
     overrides = MICRO + ["rl.estimator=gae", "rl.lam=0.95", "reward.incorrect_reward=-1.0",
-                         "total_steps=2"]  # fmt: skip
+                         "total_steps=2", f"rl.critic={critic}"]  # fmt: skip
     metrics = train(load_config(TINY, overrides), str(tmp_path))
     assert metrics["train/vf_loss"] > 0
     assert -1.0 <= metrics["train/vf_explained_variance"] <= 1.0

@@ -213,3 +213,31 @@ def test_ppo_update_trains_the_shared_value_head():
         losses.append(float(metrics["vf_loss"]))
     assert losses[-1] < 0.5 * losses[0], losses
     assert float(jnp.abs(params["value_head"][...]).sum()) > 0
+
+
+def test_ppo_update_with_a_separate_critic_trains_only_the_critic_on_value_loss():
+    model = create_model(CFG.replace(value_head=True, separate_critic=True), seed=7)
+    model.value_head.set_value(jnp.full_like(model.value_head.get_value(), 0.1))
+    graphdef, params = nnx.split(model)
+    rollout = _rollout(model, seed=7)
+    rollout = rollout._replace(old_values_bn=jnp.zeros_like(rollout.old_logprobs_bn))
+    # Equal rewards: zero advantages, so only the value loss moves any weight.
+    rollout = rollout._replace(rewards_pg=jnp.ones_like(rollout.rewards_pg))
+    tx = optax.sgd(1e-2)
+    opts = UpdateOptions(
+        loss=LossConfig(), estimator="gae", vf_coef=1.0, vf_clip=None, logprob_chunk=4
+    )
+    before = jax.tree.map(jnp.copy, params)
+    after, _, metrics = update(
+        graphdef, tx, jax.tree.map(jnp.copy, params), tx.init(params), rollout,
+        jax.random.key(0), opts=opts, prompt_len=P,
+    )  # fmt: skip
+    moved = lambda name: float(  # noqa: E731
+        sum(
+            jnp.abs(a - b).sum()
+            for a, b in zip(jax.tree.leaves(after[name]), jax.tree.leaves(before[name]))
+        )
+    )
+    assert metrics["vf_loss"] > 0
+    assert moved("critic_layers") > 0 and moved("value_head") > 0
+    assert moved("layers") == 0 and moved("embed") == 0

@@ -45,8 +45,11 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
-    # A scalar value head on the final hidden state (PPO's critic sharing the policy's trunk).
+    # A scalar value head (PPO's critic): on the policy's final hidden state, or with
+    # `separate_critic` on a second stack of layers of its own (initialised like the policy's),
+    # which reads the policy's token embedding without training it.
     value_head: bool = False
+    separate_critic: bool = False
     # The HF `architectures` entry written on export ("LlamaForCausalLM", ...).
     hf_architecture: str = "LlamaForCausalLM"
 
@@ -57,6 +60,8 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.separate_critic and not self.value_head:
+            raise ValueError("separate_critic=True needs value_head=True")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; valid: {REMAT_POLICIES}")
         for name in ("dtype", "param_dtype"):
@@ -91,7 +96,8 @@ class ModelConfig:
         per_layer = attn + 3 * d * f + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         value = d + 1 if self.value_head else 0
-        return self.num_layers * per_layer + embed + d + value
+        critic = self.num_layers * per_layer + d if self.separate_critic else 0
+        return self.num_layers * per_layer + embed + d + value + critic
 
 
 _LLAMA3_SCALING = RopeScaling(8.0, 1.0, 4.0, 8192)

@@ -355,6 +355,9 @@ def _check_tensors(cfg: ModelConfig, abstract: dict, headers: dict[str, _Header]
             raise ValueError(f"tensor {name!r} has dtype {got.dtype}; need {_FLOAT_DTYPES}")
 
 
+_CRITIC_COPIES = {"critic_layers": "layers", "critic_norm": "final_norm"}
+
+
 def from_hf(
     path: str | Path,
     *,
@@ -405,7 +408,10 @@ def from_hf(
     def fill(path, var):
         if path in loaded:
             return var.replace(loaded[path])
-        # Parameters HF causal LMs do not have (the PPO value head) start at zero.
+        # What HF causal LMs do not have: a separate critic starts as a copy of the policy's
+        # trunk (the usual PPO initialisation), the value head at zero.
+        if path[0] in _CRITIC_COPIES:
+            return var.replace(jnp.copy(loaded[(_CRITIC_COPIES[path[0]], *path[1:])]))
         spec = var.get_value()
         return var.replace(jnp.zeros(spec.shape, spec.dtype, device=targets[path]))
 

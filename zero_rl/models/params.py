@@ -13,7 +13,7 @@ from zero_rl.models.transformer import Transformer
 
 def _axes_of(path, variable) -> tuple[str, ...]:
     names = variable.get_metadata()["logical_axes"]
-    if path and path[0] == "layers":
+    if path and path[0] in ("layers", "critic_layers"):
         names = ("layers", *names)
     if len(names) != len(variable.get_value().shape):
         raise ValueError(

@@ -51,6 +51,14 @@ def positions_from_mask(valid_bt: jax.Array) -> jax.Array:
     return jnp.where(valid > 0, jnp.cumsum(valid, axis=-1) - 1, -1)
 
 
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """`num_layers` blocks built under vmap: every weight gets a leading layers axis."""
+    keys = jax.random.split(rngs.params(), cfg.num_layers)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
+    stacked = jax.vmap(lambda k: nnx.split(Block(cfg, rngs=nnx.Rngs(params=k)))[1])(keys)
+    return nnx.merge(graphdef, stacked)
+
+
 class Transformer(nnx.Module):
     """Decoder-only LM. `model(tokens_bt)` returns logits [batch, time, vocab]."""
 
@@ -58,11 +66,7 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         dt = cfg.weight_dtype
         self.embed = _param(rngs, (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), dt)
-        block_keys = jax.random.split(rngs.params(), cfg.num_layers)
-        block_graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
-        # Build one block per key under vmap: every weight gets a leading layers axis.
-        stacked = jax.vmap(lambda k: nnx.split(Block(cfg, rngs=nnx.Rngs(params=k)))[1])(block_keys)
-        self.layers = nnx.merge(block_graphdef, stacked)
+        self.layers = _stacked_blocks(cfg, rngs)
         self.final_norm = RMSNorm(cfg, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), dt)
@@ -70,6 +74,28 @@ class Transformer(nnx.Module):
             # Zero-initialised: the critic starts by predicting 0 for every state.
             self.value_head = _param(rngs, (cfg.embed_dim,), ("embed",), dt, "zeros")
             self.value_bias = _param(rngs, (), (), dt, "zeros")
+        if cfg.separate_critic:
+            self.critic_layers = _stacked_blocks(cfg, rngs)
+            self.critic_norm = RMSNorm(cfg, rngs=rngs)
+
+    def critic_values(
+        self,
+        tokens_bt: jax.Array,
+        positions_bt: jax.Array | None = None,
+        segment_ids_bt: jax.Array | None = None,
+    ) -> jax.Array:
+        """V [batch, time] from the separate critic trunk (`separate_critic=True`)."""
+        if not self.cfg.separate_critic:
+            raise ValueError("this model has no separate critic (ModelConfig.separate_critic)")
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+        # The critic reads the policy's embedding but must not train it.
+        embed = jax.lax.stop_gradient(self.embed[...])
+        x = constrain(
+            embed[tokens_bt].astype(self.cfg.compute_dtype), ("batch", "length", "act_embed")
+        )
+        x = self._trunk(self.critic_layers, x, positions_bt, segment_ids_bt)
+        return self.values(self.critic_norm(x))
 
     def values(self, hidden_btd: jax.Array) -> jax.Array:
         """The value head's V [batch, time] (float32) of each position's hidden state."""
@@ -125,17 +151,23 @@ class Transformer(nnx.Module):
             )
             new_cache = KVCache(k_all, v_all, pos_bs)
         else:
-
-            def body(x, layer_state):
-                block = nnx.merge(graphdef, layer_state)
-                x, _ = block(x, positions_bt, inv_freq, segment_ids_bt=segment_ids_bt)
-                return x, None
-
-            if cfg.remat != "none":
-                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, layer_params)
+            x = self._trunk(self.layers, x, positions_bt, segment_ids_bt)
             new_cache = None
         return self.final_norm(x), new_cache
+
+    def _trunk(self, layers, x_btd, positions_bt, segment_ids_bt):
+        """The stacked blocks over a whole sequence (no cache), scanned, with remat."""
+        graphdef, layer_params = nnx.split(layers)
+        inv_freq = rope_inv_frequencies(self.cfg)
+
+        def body(x, layer_state):
+            block = nnx.merge(graphdef, layer_state)
+            x, _ = block(x, positions_bt, inv_freq, segment_ids_bt=segment_ids_bt)
+            return x, None
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        return jax.lax.scan(body, x_btd, layer_params)[0]
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         logits = hidden_btd @ self.head_weight().astype(hidden_btd.dtype)

@@ -92,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.microbatch_size = 0  # rows per gradient-accumulation step (0 = whole minibatch)
     c.rl.epochs = 1
     c.rl.estimator = "grpo"  # or dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, gae (PPO)
-    # PPO ("gae"): a value head on the policy's trunk is the critic.
+    # PPO ("gae"): the critic is a value head on the policy's trunk ("shared") or on a trunk of
+    # its own ("separate", initialised as a copy of the policy's).
+    c.rl.critic = "shared"
     c.rl.gamma = 1.0
     c.rl.lam = 1.0
     c.rl.vf_coef = 0.5
@@ -298,7 +300,10 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
         param_dtype=m.param_dtype,
         remat=m.remat,
         value_head=config.rl.estimator == "gae",
+        separate_critic=config.rl.estimator == "gae" and config.rl.critic == "separate",
     )
+    if config.rl.critic not in ("shared", "separate"):
+        raise ValueError(f"rl.critic={config.rl.critic!r}; valid: shared, separate")
     if m.preset:
         return get_preset(m.preset, **common)
     dims = dict(m.dims.to_dict())

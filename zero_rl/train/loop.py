@@ -124,7 +124,8 @@ def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     if config.model.hf_path:
         model = from_hf(config.model.hf_path, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
                         param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
-                        value_head=model_cfg.value_head)  # fmt: skip
+                        value_head=model_cfg.value_head,
+                        separate_critic=model_cfg.separate_critic)  # fmt: skip
     else:
         model = create_model(model_cfg, seed=config.seed, mesh=mesh, rules=rules)
     if config.sft.steps > 0:

@@ -111,7 +111,13 @@ def _response_logprobs(
         chunk_size=chunk,
         with_entropy=with_entropy,
     )
-    return logp, entropy, model.values(hidden) if with_values else None
+    if not with_values:
+        return logp, entropy, None
+    if model.cfg.separate_critic:
+        values = model.critic_values(tokens_bt, positions_bt)[:, prompt_len - 1 : -1]
+    else:
+        values = model.values(hidden)
+    return logp, entropy, values
 
 
 @functools.partial(
