@@ -179,11 +179,12 @@ def _run_update(params, rollout: Rollout, mesh=None):
     tx = _tx()
     opt_state = jax.jit(tx.init)(params) if mesh is None else sharded_init(tx, params)(params)
     rng = jax.random.key(7)
+    # (old_values_bn stays None: GRPO has no critic.)
     if mesh is None:
-        rollout = Rollout(*(jnp.asarray(x) for x in rollout))
+        rollout = jax.tree.map(jnp.asarray, rollout)
     else:
         batch = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
-        rollout = Rollout(*(sharding.global_batch(x, batch) for x in rollout))
+        rollout = jax.tree.map(lambda x: sharding.global_batch(x, batch), rollout)
     with sharding.activation_sharding(mesh):
         params, _, metrics = update(
             graphdef, tx, params, opt_state, rollout, rng, opts=OPTS, prompt_len=PROMPT_LEN
