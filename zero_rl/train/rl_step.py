@@ -154,6 +154,12 @@ def rollout_logprobs(
     return jax.tree.map(join, out)
 
 
+def _training_mask(rollout: Rollout) -> jax.Array:
+    """[rows, N] response tokens of the groups that train (dynamic-sampling fillers masked)."""
+    group_mask_b = jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])
+    return rollout.mask_bn * group_mask_b[:, None]
+
+
 def _loss_count(mask_bn: jax.Array, aggregation: str) -> jax.Array:
     """What the aggregation averages over: tokens, or sequences with at least one token."""
     if aggregation == "token_mean":
@@ -186,7 +192,7 @@ def _gae_advantages(rollout: Rollout, opts: UpdateOptions):
     batch (Schulman et al. 2017; as in the RLHF PPO recipes)."""
     if rollout.old_values_bn is None:
         raise ValueError('estimator="gae" needs the rollout\'s old values (a value head)')
-    mask = rollout.mask_bn * jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])[:, None]
+    mask = _training_mask(rollout)
     token_rewards = last_token_mask(rollout.mask_bn) * rollout.rewards_pg.reshape(-1)[:, None]
     if opts.kl_in_reward_coef:
         kl_bn = kl_estimate(
@@ -215,9 +221,7 @@ def update(graphdef, tx, params, opt_state, rollout: Rollout, rng, *, opts, prom
     """
     advantages_bn, returns_bn, adv_stats = rollout_advantages(rollout, opts)
     use_critic = returns_bn is not None
-    row_mask_bn = (
-        rollout.mask_bn * jnp.repeat(rollout.group_mask_p, rollout.rewards_pg.shape[1])[:, None]
-    )
+    row_mask_bn = _training_mask(rollout)
     rows = rollout.tokens_bt.shape[0]
     mb = rows // opts.num_minibatches
     micro = mb // opts.num_microbatches

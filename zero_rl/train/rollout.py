@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from zero_rl import sampler, sharding
+from zero_rl.data.iterator import make_prompt_batch
 from zero_rl.data.records import Example
-from zero_rl.data.templates import apply_template, cut_at_stop_string, get_template
+from zero_rl.data.templates import cut_at_stop_string, get_template
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
-from zero_rl.tokenizer import Tokenizer, encode_prompts
+from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
 
 # SimpleRL-Zoo's reflection keywords (behaviour monitoring of "aha" moments).
@@ -62,10 +63,11 @@ def encode_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded prompt tokens and positions [rows, max_prompt_len]; extra rows are empty
     (position -1 everywhere), so every batch has one shape."""
-    texts = [apply_template(template, ex.prompt) for ex in examples]
-    tokens, lengths = encode_prompts(
-        tokenizer, texts, max_len=max_prompt_len, pad_to_multiple=max_prompt_len
-    )
+    batch = make_prompt_batch(
+        examples, tokenizer, template=template, max_len=max_prompt_len,
+        pad_to_multiple=max_prompt_len,
+    )  # fmt: skip
+    tokens, lengths = batch.tokens_bt, batch.lengths_b
     rows = rows or len(examples)
     tokens_bt = np.full((rows, max_prompt_len), tokenizer.pad_id, np.int32)
     tokens_bt[: len(examples)] = tokens
