@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import statistics
 import sys
 import threading
@@ -58,17 +59,22 @@ _assemble = jax.jit(assemble_sequences, static_argnames=("num_samples",))
 
 
 class _ReadyAt(threading.Thread):
-    """Records when the device arrays it watches are computed (`block_until_ready` releases the
-    GIL, so the host keeps verifying meanwhile)."""
+    """Records when each group of device arrays handed to `watch` is computed, in the order
+    given (`block_until_ready` releases the GIL, so the host keeps dispatching and verifying
+    meanwhile). One thread waits on the groups in turn, so the times are ordered like them."""
 
-    def __init__(self, arrays):
+    def __init__(self, num_groups: int):
         super().__init__(daemon=True)
-        self.arrays, self.time = arrays, None
+        self.num_groups, self.times, self._groups = num_groups, [], queue.SimpleQueue()
         self.start()
 
+    def watch(self, arrays):
+        self._groups.put(arrays)
+
     def run(self):
-        jax.block_until_ready(self.arrays)
-        self.time = time.perf_counter()
+        for _ in range(self.num_groups):
+            jax.block_until_ready(self._groups.get())
+            self.times.append(time.perf_counter())
 
 
 class Step:
@@ -142,6 +148,8 @@ class Step:
                 stop_token_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
                 num_samples=c.rl.num_samples,
             )  # fmt: skip
+            ready = _ReadyAt(num_groups=2)
+            ready.watch((out.tokens_bn, out.logprobs_bn, out.lengths_b))
             tokens_bt, positions_bt, mask_bn = _assemble(
                 prompt_bt, positions_bt, out.tokens_bn, out.lengths_b, c.rl.num_samples
             )
@@ -149,7 +157,7 @@ class Step:
             ref_bn = old_bn
             if self.ref_params is not None:
                 ref_bn = self._logprobs(self.ref_params, tokens_bt, positions_bt)
-            logprobs_ready = _ReadyAt((old_bn, ref_bn))
+            ready.watch((old_bn, ref_bn))
             response_bn, lengths_b = jax.device_get((out.tokens_bn, out.lengths_b))
             t1 = time.perf_counter()
 
@@ -175,14 +183,17 @@ class Step:
             )  # fmt: skip
             jax.block_until_ready((self.params, metrics))
             t3 = time.perf_counter()
-        logprobs_ready.join()
+        ready.join()
+        sample_done, logprobs_done = ready.times
+        # The log-probs read the sampled tokens, so they start when the sampler finishes:
+        # `logprobs_done - sample_done` is their own device time.
         # The device queue holds the log-probs until they finish; verification after that
         # point (and any host work before the update is dispatched) leaves it with nothing.
-        busy_until = max(t1, logprobs_ready.time)
+        busy_until = max(t1, logprobs_done)
         return {
-            "sample_s": t1 - t0,
+            "sample_s": sample_done - t0,
             "verify_s": t2 - t1,
-            "logprobs_s": logprobs_ready.time - t1,
+            "logprobs_s": logprobs_done - sample_done,
             "update_s": t3 - t2,
             "step_s": t3 - t0,
             "device_idle_s": max(0.0, t2 - busy_until),
