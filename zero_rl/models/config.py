@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLS = ("xla", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    # "xla": one `jax.nn.dot_product_attention` over the whole sequence ([batch, heads, t, s]
+    # scores). "chunked": queries in chunks of `attention_chunk`, so long sequences (8K
+    # responses) hold one [batch, heads, chunk, s] block of scores at a time.
+    attention: str = "xla"
+    attention_chunk: int = 512
     # A scalar value head (PPO's critic): on the policy's final hidden state, or with
     # `separate_critic` on a second stack of layers of its own (initialised like the policy's),
     # which reads the policy's token embedding without training it.
@@ -64,6 +70,10 @@ class ModelConfig:
             raise ValueError("separate_critic=True needs value_head=True")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; valid: {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention={self.attention!r}; valid: {ATTENTION_IMPLS}")
+        if self.attention_chunk <= 0:
+            raise ValueError(f"attention_chunk={self.attention_chunk} must be positive")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(

@@ -95,6 +95,61 @@ def attention_mask(
     return mask[:, None, :, :]
 
 
+def attend(
+    q_bthk: jax.Array,
+    k_bsgk: jax.Array,
+    v_bsgk: jax.Array,
+    q_pos_bt: jax.Array,
+    k_pos_bs: jax.Array,
+    *,
+    q_segment_bt: jax.Array | None = None,
+    k_segment_bs: jax.Array | None = None,
+    sliding_window: int | None = None,
+    query_chunk: int = 0,
+) -> jax.Array:
+    """Masked grouped-query attention: out [batch, t, heads, head_dim].
+
+    Keys/values [batch, s, kv_heads, head_dim] are shared by heads/kv_heads query heads
+    (`jax.nn.dot_product_attention` broadcasts them, it never repeats K/V in memory). The mask
+    is `attention_mask` of the positions and segments.
+
+    With `query_chunk > 0` and t longer than it, the queries go through in chunks of that
+    length, each under `jax.checkpoint`: only one [batch, heads, chunk, s] block of scores
+    (and of mask) exists at a time, in the forward and in the backward pass, instead of
+    [batch, heads, t, s]. That is what makes 8K-token responses trainable; it costs one
+    recomputation of the scores in the backward pass.
+    """
+
+    def one_chunk(q_bchk, q_pos_bc, q_seg_bc):
+        mask = attention_mask(
+            q_pos_bc,
+            k_pos_bs,
+            q_segment_bt=q_seg_bc,
+            k_segment_bs=k_segment_bs,
+            sliding_window=sliding_window,
+        )
+        return jax.nn.dot_product_attention(q_bchk, k_bsgk, v_bsgk, mask=mask)
+
+    b, t, h, hd = q_bthk.shape
+    if query_chunk <= 0 or t <= query_chunk:
+        return one_chunk(q_bthk, q_pos_bt, q_segment_bt)
+    pad = (-t) % query_chunk
+    n = (t + pad) // query_chunk
+    if q_segment_bt is None:
+        q_segment_bt = jnp.zeros_like(q_pos_bt)
+        k_segment_bs = jnp.zeros_like(k_pos_bs)
+
+    def chunks(x):  # [batch, t, ...] -> [n, batch, chunk, ...]; padded queries are dropped
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, n, query_chunk, *x.shape[2:]).swapaxes(0, 1)
+
+    out_nbchk = jax.lax.map(
+        lambda args: jax.checkpoint(one_chunk, prevent_cse=False)(*args),
+        (chunks(q_bthk), chunks(q_pos_bt), chunks(q_segment_bt)),
+    )
+    return out_nbchk.swapaxes(0, 1).reshape(b, n * query_chunk, h, hd)[:, :t]
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -155,17 +210,16 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
             keys, values = k_all[layer], v_all[layer]
             new_cache, k_seg, segment_ids_bt = (k_all, v_all), None, None
-        mask = attention_mask(
+        out_bthk = attend(
+            q,
+            keys.astype(q.dtype),
+            values.astype(q.dtype),
             positions_bt,
             k_pos,
             q_segment_bt=segment_ids_bt,
             k_segment_bs=k_seg,
             sliding_window=cfg.sliding_window,
-        )
-        # Grouped-query attention without repeating K/V: jax.nn.dot_product_attention broadcasts
-        # kv heads over query-head groups and picks a fused kernel where the backend has one.
-        out_bthk = jax.nn.dot_product_attention(
-            q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask
+            query_chunk=cfg.attention_chunk if cfg.attention == "chunked" else 0,
         )
         out = jnp.einsum("bthk,hkd->btd", out_bthk, self.o_proj[...].astype(cfg.compute_dtype))
         return constrain(out, ("batch", "length", "act_embed")), new_cache

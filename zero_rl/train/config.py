@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = "full"
+    # "chunked" bounds attention scores to [batch, heads, attention_chunk, length] blocks.
+    c.model.attention = "xla"
+    c.model.attention_chunk = 512
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # "" = the HF checkpoint directory's tokenizer
@@ -299,6 +302,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
+        attention=m.attention,
+        attention_chunk=m.attention_chunk,
         value_head=config.rl.estimator == "gae",
         separate_critic=config.rl.estimator == "gae" and config.rl.critic == "separate",
     )
