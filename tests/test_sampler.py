@@ -210,7 +210,52 @@ def test_sharded_greedy_equals_single_device(model, axes):
     np.testing.assert_allclose(out.logprobs_bn, ref.logprobs_bn, atol=1e-5)
 
 
+@pytest.mark.parametrize("prompts_per_call", [1, 2])
+def test_sampling_in_calls_keeps_greedy_outputs_and_row_order(model, prompts_per_call):
+    kwargs = dict(max_new_tokens=5, temperature=0, num_samples=2, prompt_buckets=BUCKETS)
+    whole = sampler.generate(model, PROMPTS, **kwargs)
+    split = sampler.generate(model, PROMPTS, prompts_per_call=prompts_per_call, **kwargs)
+    for a, b in zip(whole, split):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_sampled_calls_draw_with_their_own_keys(model):
+    """Call i samples prompts i, i + 2 with fold_in(rng, i); outputs come back in prompt order."""
+    tokens, positions = sampler.pad_prompts(PROMPTS, pad_id=0, prompt_buckets=BUCKETS)
+    rng = jax.random.key(3)
+    kwargs = dict(max_new_tokens=5, num_samples=3, temperature=1.0)
+    out = sampler.generate_padded(model, tokens, positions, rng=rng, prompts_per_call=2, **kwargs)
+    assert out.tokens_bn.shape == (12, 5)
+    for call in range(2):
+        alone = sampler.generate_padded(
+            model, tokens[call::2], positions[call::2], rng=jax.random.fold_in(rng, call), **kwargs
+        )
+        for j, prompt in enumerate(range(call, 4, 2)):
+            rows = slice(3 * prompt, 3 * prompt + 3)
+            np.testing.assert_array_equal(out.tokens_bn[rows], alone.tokens_bn[3 * j : 3 * j + 3])
+            np.testing.assert_allclose(
+                out.logprobs_bn[rows], alone.logprobs_bn[3 * j : 3 * j + 3], atol=1e-6
+            )
+
+
+def test_sharded_sampling_in_calls_equals_single_device(model):
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = create_model(CFG, seed=0, mesh=mesh)
+    prompts = PROMPTS * 2
+    batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+    kwargs = dict(max_new_tokens=4, temperature=0, prompt_buckets=BUCKETS)
+    with sharding.activation_sharding(mesh):
+        out = sampler.generate(
+            sharded, prompts, input_sharding=batch, prompts_per_call=4, num_samples=2, **kwargs
+        )
+    ref = sampler.generate(model, prompts, num_samples=2, **kwargs)
+    np.testing.assert_array_equal(out.tokens_bn, ref.tokens_bn)
+    np.testing.assert_allclose(out.logprobs_bn, ref.logprobs_bn, atol=1e-5)
+
+
 def test_errors_name_the_problem(model):
+    with pytest.raises(ValueError, match="prompts_per_call=3 must divide the 4 prompt rows"):
+        sampler.generate(model, PROMPTS, max_new_tokens=2, prompts_per_call=3)
     with pytest.raises(ValueError, match="exceeds the largest bucket 8"):
         sampler.generate(model, [list(range(1, 12))], max_new_tokens=2, prompt_buckets=(8,))
     with pytest.raises(ValueError, match="prompt 1 is empty"):

@@ -184,7 +184,7 @@ class StepArrays:
     tx: optax.GradientTransformation
     opts: UpdateOptions
     needs_ref: bool
-    prompts_bt: jax.ShapeDtypeStruct  # [num_prompts, max_prompt_len]
+    prompts_bt: jax.ShapeDtypeStruct  # [prompts per sampler call, max_prompt_len]
     rollout: Rollout  # [num_prompts * num_samples, max_prompt_len + max_new_tokens]
     rng: jax.ShapeDtypeStruct
 
@@ -199,6 +199,7 @@ def step_arrays(config: ml_collections.ConfigDict, mesh, rules=None):
     tx, _ = make_optimizer(config.optim, config.total_steps * opts.epochs * opts.num_minibatches)
     graphdef, params = abstract_params(model_cfg, mesh, rules)
     prompts, rows = rl.num_prompts, rl.num_prompts * rl.num_samples
+    per_call = s.prompts_per_call or prompts
     p, n = s.max_prompt_len, s.max_new_tokens
     batch = sharding.logical_to_spec(("batch", "length"))
     rows_spec = PartitionSpec(batch[0])
@@ -211,7 +212,7 @@ def step_arrays(config: ml_collections.ConfigDict, mesh, rules=None):
         tx=tx,
         opts=opts,
         needs_ref=opts.loss.kl_coef != 0.0 or rl.kl_in_reward_coef != 0.0,
-        prompts_bt=_abstract((prompts, p), jnp.int32, mesh, batch),
+        prompts_bt=_abstract((per_call, p), jnp.int32, mesh, batch),
         rollout=Rollout(
             tokens_bt=_abstract((rows, p + n), jnp.int32, mesh, batch),
             positions_bt=_abstract((rows, p + n), jnp.int32, mesh, batch),
@@ -232,8 +233,11 @@ def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str
     params, the sampler's KV cache and the rollout batch. A lower bound on the peak."""
     rules = rules or sharding.rules_from_config(config.sharding)
     arrays = step_arrays(config, mesh, rules)
-    cfg, rows_bt = arrays.model_cfg, arrays.rollout.tokens_bt
-    rows, length = rows_bt.shape
+    cfg, rollout_bt = arrays.model_cfg, arrays.rollout.tokens_bt
+    # The sampler's cache: one call's rows (samples of its prompts) x the whole sequence.
+    rows = arrays.prompts_bt.shape[0] * config.rl.num_samples
+    length = rollout_bt.shape[1]
+    rows_bt = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=rollout_bt.sharding)
     cache_shape = (cfg.num_layers, rows, length, cfg.num_kv_heads, cfg.head_dim)
     kv = sharding.named_sharding(KVCache.LOGICAL_AXES, cache_shape, mesh, rules)
     cache = jax.ShapeDtypeStruct(cache_shape, cfg.compute_dtype, sharding=kv)
@@ -258,8 +262,8 @@ def plan(
     """Per-device memory of one RL step of `config` on `mesh`, as a JSON-ready dict.
 
     Compiles, with abstract inputs sharded as the trainer shards them, the programs the trainer
-    runs: the sampler's prefill on [num_prompts, max_prompt_len] prompts and its decode of
-    `num_samples` responses of `max_new_tokens` each; the log-prob pass and the update on the
+    runs: the sampler's prefill on one call's [prompts_per_call, max_prompt_len] prompts and
+    its decode of `num_samples` responses of `max_new_tokens` each; the log-prob pass and the update on the
     [num_prompts * num_samples, P + N] rollout. `mesh` needs real (or fake CPU) devices.
     """
     rules = rules or sharding.rules_from_config(config.sharding)
@@ -326,6 +330,8 @@ def plan(
     # already counted (params and optimiser state are persistent; the log-prob pass reads
     # tokens that belong to the rollout, which is alive from sampling until the update).
     extra = {"prefill": 0, "decode": 0, "logprobs": sizes["rollout"], "update": 0}
+    if prompts_bt.shape[0] < rl.num_prompts:  # earlier calls' responses wait in memory
+        extra["prefill"] = extra["decode"] = sizes["rollout"]
     counted = {
         "prefill": sizes["params"],
         "decode": sizes["params"],

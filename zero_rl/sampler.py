@@ -9,6 +9,7 @@ the behaviour log-probs - whatever temperature / top-k / top-p were used to draw
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -226,6 +227,7 @@ def generate(
     batch_multiple: int = 1,
     cache_dtype: str | None = None,
     input_sharding: jax.sharding.Sharding | None = None,
+    prompts_per_call: int = 0,
 ) -> SampleOutput:
     """Samples `num_samples` responses per prompt (rows of a prompt adjacent in the output).
 
@@ -235,6 +237,7 @@ def generate(
       temperature: 0 means greedy decoding.
       batch_multiple: pad the prompt batch to a multiple of this (e.g. the number of
         data-parallel devices); padded rows are dropped from the output.
+      prompts_per_call: sample this many (padded) prompts per call; see `generate_padded`.
     Returns:
       SampleOutput with `len(prompts) * num_samples` rows.
     """
@@ -256,6 +259,7 @@ def generate(
         pad_id=pad_id,
         num_samples=num_samples,
         cache_dtype=cache_dtype,
+        prompts_per_call=prompts_per_call,
     )
     keep = len(prompts) * num_samples
     if out.tokens_bn.shape[0] == keep:
@@ -277,12 +281,20 @@ def generate_padded(
     pad_id: int = 0,
     num_samples: int = 1,
     cache_dtype: str | None = None,
+    prompts_per_call: int = 0,
 ) -> SampleOutput:
     """`generate` for prompts already left-padded: tokens [rows, P] and positions [rows, P]
     (-1 on padding; a row of all -1 is an empty slot whose output is all padding).
 
     Nothing is transferred to the host, so a trainer can dispatch more device work before it
     reads the tokens.
+
+    `prompts_per_call` (0 = all) samples the prompts in calls of that many, one after another
+    with the same compiled programs, so the KV cache holds `prompts_per_call * num_samples`
+    rows rather than the whole batch's: the knob that bounds the sampler's memory at long
+    response lengths. Call i takes prompts i, i + calls, i + 2 * calls, ... (each device keeps
+    its own rows of a row-sharded batch) and draws with `fold_in(rng, i)`; greedy outputs do
+    not depend on the split.
     """
     if isinstance(model_or_params, Transformer):
         graphdef, params = nnx.split(model_or_params)
@@ -305,6 +317,51 @@ def generate_padded(
         cache_dtype=cache_dtype,
     )
     rng = jax.random.key(0) if rng is None else rng
+    rows = tokens_bt.shape[0]
+    if 0 < prompts_per_call < rows:
+        if rows % prompts_per_call:
+            raise ValueError(
+                f"prompts_per_call={prompts_per_call} must divide the {rows} prompt rows"
+            )
+        num_calls = rows // prompts_per_call
+        outs = [
+            _sample(
+                graphdef,
+                params,
+                _take_call(tokens_bt, i, num_calls),
+                _take_call(positions_bt, i, num_calls),
+                jax.random.fold_in(rng, i),
+                temperature,
+                static,
+            )
+            for i in range(num_calls)
+        ]
+        return _merge_calls(outs, num_samples)
+    return _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _take_call(x_b, index, num_calls: int):
+    """Rows index, index + num_calls, ... of x_b [rows, ...]."""
+    x = x_b.reshape(-1, num_calls, *x_b.shape[1:])
+    return jax.lax.dynamic_index_in_dim(x, index, axis=1, keepdims=False)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _merge_calls(outs: list[SampleOutput], num_samples: int) -> SampleOutput:
+    """Undoes `_take_call`'s striding: each call's [prompts * num_samples, ...] outputs back in
+    prompt order."""
+
+    def merge(*xs):
+        per_call = [x.reshape(-1, num_samples, *x.shape[1:]) for x in xs]
+        stacked = jnp.stack(per_call, axis=1)  # [prompts / calls, calls, samples, ...]
+        return stacked.reshape(-1, *stacked.shape[3:])
+
+    return jax.tree.map(merge, *outs)
+
+
+def _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static) -> SampleOutput:
+    """One prefill + decode call on all of its rows."""
     cache, logits_bv, next_pos_b = prefill_jit(
         graphdef, params, tokens_bt, positions_bt, static=static
     )

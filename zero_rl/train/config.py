@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0
     c.sampling.eval_max_new_tokens = 0  # 0 = max_new_tokens
+    # Prompts per sampler call (0 = all rl.num_prompts at once). The KV cache holds
+    # prompts_per_call * rl.num_samples rows: lower it when long responses do not fit.
+    c.sampling.prompts_per_call = 0
 
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 1024

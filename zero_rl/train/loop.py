@@ -151,8 +151,15 @@ def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
     rows = rl.num_prompts * rl.num_samples
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     microbatch = rl.microbatch_size or rl.minibatch_size
+    if config.sampling.prompts_per_call < 0:
+        raise ValueError(
+            f"sampling.prompts_per_call={config.sampling.prompts_per_call} must be >= 0"
+        )
+    per_call = config.sampling.prompts_per_call or rl.num_prompts
     for name, value, divisor in [
         ("rl.num_prompts", rl.num_prompts, batch_devices),
+        ("rl.num_prompts", rl.num_prompts, per_call),
+        ("sampling.prompts_per_call", per_call, batch_devices),
         ("rl.num_prompts * rl.num_samples", rows, rl.minibatch_size),
         ("rl.minibatch_size", rl.minibatch_size, microbatch),
         ("rl.microbatch_size", microbatch, batch_devices),
@@ -242,7 +249,8 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         reward_cfg=config_lib.reward_config(config),
         sampling=SamplingOptions(max_prompt_len=s.max_prompt_len,
                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                 top_p=s.top_p, top_k=s.top_k),
+                                 top_p=s.top_p, top_k=s.top_k,
+                                 prompts_per_call=s.prompts_per_call),
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ class SamplingOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    prompts_per_call: int = 0  # 0 = the whole batch in one sampler call
 
 
 @dataclasses.dataclass
@@ -156,6 +157,7 @@ class RolloutCollector:
             stop_token_ids=self.stop_token_ids,
             pad_id=self.tokenizer.pad_id,
             num_samples=self.num_samples,
+            prompts_per_call=s.prompts_per_call,
         )
         tokens, positions, mask_bn = _assemble(
             prompt_tokens, prompt_positions, out.tokens_bn, out.lengths_b, self.num_samples
