@@ -186,3 +186,18 @@ def test_ppo_with_a_value_head_trains(tmp_path, critic):
     metrics = train(load_config(TINY, overrides), str(tmp_path))
     assert metrics["train/vf_loss"] > 0
     assert -1.0 <= metrics["train/vf_explained_variance"] <= 1.0
+
+
+def test_memory_settings_change_no_result(tmp_path):
+    """Sampling in calls of 2 prompts and query-chunked attention: greedy rollouts and the
+    update match the plain run's; a batch the calls cannot split is named."""
+    greedy = MICRO + ["total_steps=2", "checkpoint_every=0", "sampling.temperature=0"]
+    plain = train(load_config(TINY, greedy), str(tmp_path / "plain"))
+    memory = greedy + ["sampling.prompts_per_call=2", "model.attention=chunked",
+                       "model.attention_chunk=16"]  # fmt: skip
+    light = train(load_config(TINY, memory), str(tmp_path / "light"))
+    for key in ["train/reward_mean", "train/response_length_mean", "train/loss",
+                "train/grad_norm", "train/entropy"]:  # fmt: skip
+        assert light[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    with pytest.raises(ValueError, match="rl.num_prompts=8 must be a multiple of 3"):
+        train(load_config(TINY, greedy + ["sampling.prompts_per_call=3"]), str(tmp_path / "bad"))
