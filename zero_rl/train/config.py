@@ -192,6 +192,8 @@ def simplerl_zoo_config(
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = "full"
+    # 9,216-token sequences: [heads, 9216, 9216] score blocks would dominate memory.
+    c.model.attention = "chunked"
     c.hardware = hardware
     c.total_steps = 100
     c.eval_every = 5
