@@ -146,7 +146,7 @@ class Step:
                 max_new_tokens=s.max_new_tokens, rng=jax.random.fold_in(rng, 0),
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                 stop_token_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
-                num_samples=c.rl.num_samples,
+                num_samples=c.rl.num_samples, prompts_per_call=s.prompts_per_call,
             )  # fmt: skip
             ready = _ReadyAt(num_groups=2)
             ready.watch((out.tokens_bn, out.logprobs_bn, out.lengths_b))
