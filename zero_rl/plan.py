@@ -263,8 +263,9 @@ def plan(
 
     Compiles, with abstract inputs sharded as the trainer shards them, the programs the trainer
     runs: the sampler's prefill on one call's [prompts_per_call, max_prompt_len] prompts and
-    its decode of `num_samples` responses of `max_new_tokens` each; the log-prob pass and the update on the
-    [num_prompts * num_samples, P + N] rollout. `mesh` needs real (or fake CPU) devices.
+    its decode of `num_samples` responses of `max_new_tokens` each; the log-prob pass and the
+    update on the [num_prompts * num_samples, P + N] rollout. `mesh` needs real (or fake CPU)
+    devices.
     """
     rules = rules or sharding.rules_from_config(config.sharding)
     arrays = step_arrays(config, mesh, rules)

@@ -18,7 +18,8 @@ from zero_rl.rewards import RewardConfig
 from zero_rl.rl import LossConfig
 
 
-def _optim(**kw) -> ml_collections.ConfigDict:
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    """AdamW settings (see zero_rl.train.optim.make_optimizer): the RL defaults, overridden."""
     base = dict(
         lr=5e-7,
         schedule="constant",
@@ -31,7 +32,7 @@ def _optim(**kw) -> ml_collections.ConfigDict:
         grad_clip=1.0,
         mu_dtype="float32",
     )
-    return ml_collections.ConfigDict(base | kw)
+    return ml_collections.ConfigDict(base | overrides)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -145,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    c.optim = _optim()
+    c.optim = optimizer_config()
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     # Logical axis -> mesh axes ("data,fsdp"; "" = replicated), used for params, optimiser
@@ -162,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.log_every = 50
     c.sft.checkpoint_every = 1000
     c.sft.carry_error_rate = 0.0  # synthetic task only: how often the teacher forgets a carry
-    c.sft.optim = _optim(lr=1e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0)
+    c.sft.optim = optimizer_config(lr=1e-3, schedule="cosine", warmup_steps=20, grad_clip=1.0)
     return c
 
 
