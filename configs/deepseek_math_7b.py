@@ -11,5 +11,5 @@ def get_config():
     return simplerl_zoo_config(
         "deepseek-math-7b",
         max_response_len=3072,
-        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 72 of 95 GB per chip",
+        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 70 of 95 GB per chip",
     )

@@ -11,5 +11,5 @@ def get_config():
     return simplerl_zoo_config(
         "mistral-7b",
         max_response_len=8192,
-        hardware="v5p-256 mesh fsdp=64,tensor=2; planned peak 89 of 95 GB per chip",
+        hardware="v5p-256 mesh fsdp=64,tensor=2; planned peak 83 of 95 GB per chip",
     )

@@ -100,17 +100,29 @@ def _compute_dtype_model(graphdef, params) -> Transformer:
 
 
 def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
-    """Runs the prompt through the model once, then repeats the cache for each sample."""
+    """Runs the prompt through the model once, then repeats the cache for each sample.
+
+    The prompt attends over its own P slots only; the cache grows to P + max_new_tokens empty
+    slots afterwards, in the same copy that repeats it for each sample (GRPO groups share one
+    prefill; rows of a prompt are adjacent).
+    """
     model = _compute_dtype_model(graphdef, params)
     b, p = prompt_bt.shape
     cache_dtype = jnp.dtype(static.cache_dtype or model.cfg.compute_dtype)
-    cache = KVCache.empty(model.cfg, b, p + static.max_new_tokens, cache_dtype)
+    cache = KVCache.empty(model.cfg, b, p, cache_dtype)
     hidden, cache = model.hidden_states(prompt_bt, positions_bt, cache=cache, cache_index=0)
     # Left padding puts every prompt's last token in the last column: only its logits are needed.
     last_logits_bv = model.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)
-    g = static.num_samples
-    if g > 1:  # GRPO groups share one prefill; rows of a prompt are adjacent.
-        cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1 if x.ndim == 5 else 0), cache)
+    g, n = static.num_samples, static.max_new_tokens
+
+    def grow(x, row_axis, fill):  # repeat rows g times, append n empty slots after axis row+1
+        x = jnp.repeat(x, g, axis=row_axis) if g > 1 else x
+        pad = [(0, 0)] * x.ndim
+        pad[row_axis + 1] = (0, n)
+        return jnp.pad(x, pad, constant_values=fill)
+
+    cache = KVCache(grow(cache.k, 1, 0), grow(cache.v, 1, 0), grow(cache.pos_bs, 0, -1))
+    if g > 1:
         last_logits_bv = jnp.repeat(last_logits_bv, g, axis=0)
     cache = KVCache(
         constrain(cache.k, KVCache.LOGICAL_AXES),
