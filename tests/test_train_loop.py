@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from zero_rl import sharding
 from zero_rl.train.config import load_config
-from zero_rl.train.loop import train
+from zero_rl.train.loop import train, update_options
 from zero_rl.train.metrics import read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,7 +192,7 @@ def test_ppo_with_a_value_head_trains(tmp_path, critic):
 def test_memory_settings_change_no_result(tmp_path):
     """Sampling in calls of 2 prompts and query-chunked attention: greedy rollouts and the
     update match the plain run's; a batch the calls cannot split is named."""
-    greedy = MICRO + ["total_steps=2", "checkpoint_every=0", "sampling.temperature=0"]
+    greedy = MICRO + ["total_steps=1", "checkpoint_every=0", "sampling.temperature=0"]
     plain = train(load_config(TINY, greedy), str(tmp_path / "plain"))
     memory = greedy + ["sampling.prompts_per_call=2", "model.attention=chunked",
                        "model.attention_chunk=16"]  # fmt: skip
@@ -199,5 +200,6 @@ def test_memory_settings_change_no_result(tmp_path):
     for key in ["train/reward_mean", "train/response_length_mean", "train/loss",
                 "train/grad_norm", "train/entropy"]:  # fmt: skip
         assert light[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
     with pytest.raises(ValueError, match="rl.num_prompts=8 must be a multiple of 3"):
-        train(load_config(TINY, greedy + ["sampling.prompts_per_call=3"]), str(tmp_path / "bad"))
+        update_options(load_config(TINY, greedy + ["sampling.prompts_per_call=3"]), mesh)
