@@ -147,6 +147,7 @@ class Step:
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                 stop_token_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
                 num_samples=c.rl.num_samples, prompts_per_call=s.prompts_per_call,
+                decode_segments=s.decode_segments,
             )  # fmt: skip
             ready = _ReadyAt(num_groups=2)
             ready.watch((out.tokens_bn, out.logprobs_bn, out.lengths_b))

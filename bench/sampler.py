@@ -38,7 +38,7 @@ def random_prompts(cfg: ModelConfig, batch: int, prompt_len: int, seed: int = 0)
     return jnp.asarray(tokens_bt), jnp.asarray(positions_bt)
 
 
-def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int):
+def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int, decode_segments: int = 1):
     """(prefill, decode, generate) of `zero_rl.sampler`: `decode(prefill())` runs the decode
     alone (it donates the cache, so each call needs a fresh prefill), `generate()` is
     `generate_padded` end to end and returns the greedy tokens [batch, new_tokens]."""
@@ -47,7 +47,7 @@ def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int):
     # run the same compiled programs.
     static = sampler._Static(
         num_samples=1, max_new_tokens=new_tokens, greedy=True, top_k=0, top_p=1.0,
-        stop_token_ids=(), pad_id=0, cache_dtype=None,
+        stop_token_ids=(), pad_id=0, cache_dtype=None, decode_segments=decode_segments,
     )  # fmt: skip
 
     def prefill():
@@ -62,7 +62,12 @@ def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int):
 
     def generate():
         return sampler.generate_padded(
-            (graphdef, params), tokens_bt, positions_bt, max_new_tokens=new_tokens, temperature=0
+            (graphdef, params),
+            tokens_bt,
+            positions_bt,
+            max_new_tokens=new_tokens,
+            temperature=0,
+            decode_segments=decode_segments,
         ).tokens_bn
 
     return prefill, decode, generate
@@ -110,13 +115,17 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument(
+        "--decode-segments", type=int, default=4,
+        help="decode loops of growing attended cache length (sampling.decode_segments)",
+    )  # fmt: skip
+    parser.add_argument(
         "--hf", choices=("auto", "on", "off"), default="auto",
         help="compare with HF transformers generate (auto: on CPU only)",
     )  # fmt: skip
     args = parser.parse_args()
     common.check_positive(
         batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-        repeats=args.repeats,
+        repeats=args.repeats, decode_segments=args.decode_segments,
     )  # fmt: skip
     cfg = common.model_config(args)
     b, p, n = args.batch, args.prompt_len, args.new_tokens
@@ -129,7 +138,7 @@ def main() -> None:
     limits = common.device_limits(cfg.dtype, args.peak_dim, args.bandwidth_mb)
     model = create_model(cfg, seed=0)
     tokens_bt, positions_bt = random_prompts(cfg, b, p)
-    prefill, decode, generate = zero_rl_fns(model, tokens_bt, positions_bt, n)
+    prefill, decode, generate = zero_rl_fns(model, tokens_bt, positions_bt, n, args.decode_segments)
     prefill_s = common.time_call(prefill, repeats=args.repeats).median
     decode_s = common.time_call(decode, setup=prefill, repeats=args.repeats).median
 

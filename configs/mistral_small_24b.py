@@ -11,5 +11,5 @@ def get_config():
     return simplerl_zoo_config(
         "mistral-small-24b",
         max_response_len=8192,
-        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 53 of 95 GB per chip",
+        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 54 of 95 GB per chip",
     )

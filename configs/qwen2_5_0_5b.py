@@ -9,5 +9,5 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "qwen2.5-0.5b", max_response_len=8192, hardware="v5p-64; planned peak 32 of 95 GB per chip"
+        "qwen2.5-0.5b", max_response_len=8192, hardware="v5p-64; planned peak 33 of 95 GB per chip"
     )

@@ -11,5 +11,5 @@ def get_config():
     return simplerl_zoo_config(
         "qwen2.5-14b",
         max_response_len=8192,
-        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 62 of 95 GB per chip",
+        hardware="v5p-512 mesh fsdp=64,tensor=4; planned peak 63 of 95 GB per chip",
     )

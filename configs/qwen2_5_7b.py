@@ -9,5 +9,5 @@ from zero_rl.train.config import simplerl_zoo_config
 
 def get_config():
     return simplerl_zoo_config(
-        "qwen2.5-7b", max_response_len=8192, hardware="v5p-128; planned peak 77 of 95 GB per chip"
+        "qwen2.5-7b", max_response_len=8192, hardware="v5p-128; planned peak 81 of 95 GB per chip"
     )

@@ -19,7 +19,7 @@ def get_config():
     c = simplerl_zoo_config(
         "qwen2.5-7b",
         max_response_len=8192,
-        hardware="v5p-8 mesh fsdp=4; planned peak 77 of 95 GB per chip (8 x 80 GB GPUs: 40)",
+        hardware="v5p-8 mesh fsdp=4; planned peak 82 of 95 GB per chip (8 x 80 GB GPUs: 46)",
     )
     c.mesh.fsdp = -1  # every device of the host
     c.model.attention = "chunked"

@@ -11,5 +11,5 @@ def get_config():
     return simplerl_zoo_config(
         "qwen2.5-math-7b",
         max_response_len=3072,
-        hardware="v5p-64; planned peak 72 of 95 GB per chip",
+        hardware="v5p-64; planned peak 76 of 95 GB per chip",
     )

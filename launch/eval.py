@@ -141,7 +141,7 @@ def _evaluate(config) -> int:
                 max_prompt_len=_MAX_PROMPT_LEN.value or config.sampling.max_prompt_len,
                 batch_size=_BATCH_SIZE.value, reward=reward_config(config), seed=_SEED.value,
                 ks=ks, batch_sharding=batch_sharding, writer=writer, step=policy.step,
-                progress=_PROGRESS.value,
+                progress=_PROGRESS.value, decode_segments=config.sampling.decode_segments,
             )  # fmt: skip
     finally:
         if writer is not None:

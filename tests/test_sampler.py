@@ -105,6 +105,22 @@ def test_stop_tokens_end_responses_and_pad_after(model):
     assert out.finish_reasons()[0] == "stop"
 
 
+@pytest.mark.parametrize("segments", [2, 3, 20])
+def test_decode_segments_change_no_output(model, segments):
+    """Segmented decode reads only the filled part of the cache; sampled tokens (same keys),
+    log-probs, lengths and stops equal the one-loop decode's, with left padding and stops."""
+    # A sixth of the vocabulary stops a response: some rows stop early, some run to the cap.
+    kwargs = dict(max_new_tokens=9, temperature=1.0, rng=jax.random.key(1), num_samples=2,
+                  stop_token_ids=list(range(1, 11)), prompt_buckets=BUCKETS)  # fmt: skip
+    one = sampler.generate(model, PROMPTS, **kwargs)
+    split = sampler.generate(model, PROMPTS, decode_segments=segments, **kwargs)
+    np.testing.assert_array_equal(split.tokens_bn, one.tokens_bn)
+    np.testing.assert_array_equal(split.lengths_b, one.lengths_b)
+    np.testing.assert_array_equal(split.stopped_b, one.stopped_b)
+    np.testing.assert_allclose(split.logprobs_bn, one.logprobs_bn, atol=1e-5)
+    assert 0 < int(np.sum(one.stopped_b)) < len(one.stopped_b)  # noqa: SIM300
+
+
 def _numpy_truncate(logits, top_k, top_p):
     out = logits.copy()
     for row in out:
@@ -254,6 +270,8 @@ def test_sharded_sampling_in_calls_equals_single_device(model):
 
 
 def test_errors_name_the_problem(model):
+    with pytest.raises(ValueError, match="decode_segments must be >= 1, got 0"):
+        sampler.generate(model, PROMPTS, max_new_tokens=2, decode_segments=0)
     with pytest.raises(ValueError, match="prompts_per_call=3 must divide the 4 prompt rows"):
         sampler.generate(model, PROMPTS, max_new_tokens=2, prompts_per_call=3)
     with pytest.raises(ValueError, match="exceeds the largest bucket 8"):

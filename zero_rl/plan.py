@@ -282,6 +282,7 @@ def plan(
         stop_token_ids=(0,),
         pad_id=0,
         cache_dtype=None,
+        decode_segments=s.decode_segments,
     )
     prompts_bt, rollout, p = arrays.prompts_bt, arrays.rollout, s.max_prompt_len
     with sharding.activation_sharding(mesh, rules):

@@ -61,6 +61,7 @@ class _Run:
     pool: VerifierPool | None
     batch_sharding: jax.sharding.Sharding | None
     is_main: bool
+    decode_segments: int = 1
 
 
 def _check_prompt_lengths(
@@ -109,6 +110,7 @@ def _generate(run: _Run, examples: Sequence[Example], template: str, rng: jax.Ar
         stop_token_ids=run.stop_token_ids,
         pad_id=run.tokenizer.pad_id,
         num_samples=run.num_samples,
+        decode_segments=run.decode_segments,
     )
     keep = len(examples) * run.num_samples
     return tuple(_to_host(x)[:keep] for x in (out.tokens_bn, out.lengths_b, out.stopped_b))
@@ -217,6 +219,7 @@ def run_benchmarks(
     writer: SummaryWriter | None = None,
     step: int = 0,
     progress: bool = True,
+    decode_segments: int = 1,
 ) -> dict[str, Any]:
     """Evaluates a policy on benchmarks; writes generations, summary.json and TB scalars.
 
@@ -279,6 +282,7 @@ def run_benchmarks(
         pool=pool,
         batch_sharding=batch_sharding,
         is_main=is_main,
+        decode_segments=decode_segments,
     )
     settings: dict[str, Any] = {
         "num_samples": num_samples,

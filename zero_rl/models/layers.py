@@ -186,6 +186,7 @@ class Attention(nnx.Module):
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | int = 0,
         layer: jax.Array | int = 0,
+        attend_len: int | None = None,
     ):
         """Self-attention. Without a cache, keys are this call's own tokens.
 
@@ -193,7 +194,9 @@ class Attention(nnx.Module):
         [layers, batch, cache_len, kv_heads, head_dim] and slot positions, already holding this
         call's positions), the new keys/values are written into slots
         [cache_index, cache_index + t) of `layer` and the queries attend over that layer's cache.
-        Only the new slots are written, so a decode step never copies the cache.
+        Only the new slots are written, so a decode step never copies the cache. With
+        `attend_len` (static), queries read only the first `attend_len` slots: the caller
+        promises that the slots after them are empty.
         """
         cfg = self.cfg
         q = apply_rope(self._project(x_btd, "q"), positions_bt, inv_freq)
@@ -208,7 +211,12 @@ class Attention(nnx.Module):
             start = (layer, 0, cache_index, 0, 0)
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-            keys, values = k_all[layer], v_all[layer]
+            b, length = k_pos.shape
+            span = length if attend_len is None else attend_len
+            sizes = (1, b, span, *k_all.shape[3:])
+            keys = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, 0), sizes)[0]
+            values = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), sizes)[0]
+            k_pos = k_pos[:, :span]
             new_cache, k_seg, segment_ids_bt = (k_all, v_all), None, None
         out_bthk = attend(
             q,

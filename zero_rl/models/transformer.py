@@ -118,8 +118,13 @@ class Transformer(nnx.Module):
         *,
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
+        attend_len: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [batch, time, embed] and the updated cache (if given)."""
+        """Final-norm hidden states [batch, time, embed] and the updated cache (if given).
+
+        `attend_len` (static, with a cache): attend over the first that many cache slots only,
+        the caller promising that later slots are empty (the sampler's decode, which fills the
+        cache in order, reads less of it early on)."""
         cfg = self.cfg
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
@@ -143,6 +148,7 @@ class Transformer(nnx.Module):
                     cache=(k_all, v_all, pos_bs),
                     cache_index=cache_index,
                     layer=layer,
+                    attend_len=attend_len,
                 )
                 return (x, k_all, v_all, layer + 1), None
 

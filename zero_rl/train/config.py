@@ -91,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Prompts per sampler call (0 = all rl.num_prompts at once). The KV cache holds
     # prompts_per_call * rl.num_samples rows: lower it when long responses do not fit.
     c.sampling.prompts_per_call = 0
+    # The decode loop in this many segments; each attends over the cache slots filled by the
+    # end of it, not the whole cache (same outputs; the decode program is that many times
+    # larger to compile). Speeds up long responses.
+    c.sampling.decode_segments = 4
 
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 1024

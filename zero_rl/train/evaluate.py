@@ -42,6 +42,7 @@ def evaluate(
     num_samples: int = 1,
     rng: jax.Array | None = None,
     batch_sharding: jax.sharding.Sharding | None = None,
+    decode_segments: int = 1,
 ) -> EvalResult:
     """Generates for every example in fixed-shape batches of `batch_size` prompts (the last one
     padded with empty rows) and scores with the verifier; accuracy is the mean over all samples.
@@ -68,6 +69,7 @@ def evaluate(
             stop_token_ids=stop_token_ids,
             pad_id=tokenizer.pad_id,
             num_samples=num_samples,
+            decode_segments=decode_segments,
         )
         keep = len(chunk) * num_samples
         # Every process holds the same examples and scores all of them (eval is small).

@@ -82,7 +82,8 @@ def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs
         max_new_tokens=config.sampling.eval_max_new_tokens or config.sampling.max_new_tokens,
         max_prompt_len=config.sampling.max_prompt_len, batch_size=config.rl.num_prompts,
         stop_token_ids=kwargs.pop("stop_ids"), writer=writer, step=step,
-        progress=jax.process_index() == 0, **kwargs,
+        progress=jax.process_index() == 0, decode_segments=config.sampling.decode_segments,
+        **kwargs,
     )  # fmt: skip
 
 
@@ -250,7 +251,8 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         sampling=SamplingOptions(max_prompt_len=s.max_prompt_len,
                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                                  top_p=s.top_p, top_k=s.top_k,
-                                 prompts_per_call=s.prompts_per_call),
+                                 prompts_per_call=s.prompts_per_call,
+                                 decode_segments=s.decode_segments),
     )  # fmt: skip
 
 
@@ -292,6 +294,7 @@ def _evaluate(run: _Run, params, step: int, writer: SummaryWriter, pool) -> floa
         max_prompt_len=c.sampling.max_prompt_len, max_new_tokens=max_new,
         batch_size=c.rl.num_prompts, stop_token_ids=run.stop_ids, reward=run.reward_cfg,
         pool=pool, batch_sharding=run.batch_sharding,
+        decode_segments=c.sampling.decode_segments,
     )  # fmt: skip
     writer.scalars(step, {"eval/accuracy": result.accuracy})
     if jax.process_index() == 0:

@@ -42,6 +42,7 @@ class SamplingOptions:
     top_p: float = 1.0
     top_k: int = 0
     prompts_per_call: int = 0  # 0 = the whole batch in one sampler call
+    decode_segments: int = 1  # decode loops of growing attended cache length
 
 
 @dataclasses.dataclass
@@ -158,6 +159,7 @@ class RolloutCollector:
             pad_id=self.tokenizer.pad_id,
             num_samples=self.num_samples,
             prompts_per_call=s.prompts_per_call,
+            decode_segments=s.decode_segments,
         )
         tokens, positions, mask_bn = _assemble(
             prompt_tokens, prompt_positions, out.tokens_bn, out.lengths_b, self.num_samples
