@@ -190,12 +190,13 @@ def test_ppo_with_a_value_head_trains(tmp_path, critic):
 
 
 def test_memory_settings_change_no_result(tmp_path):
-    """Sampling in calls of 2 prompts and query-chunked attention: greedy rollouts and the
-    update match the plain run's; a batch the calls cannot split is named."""
+    """Sampling in calls of 2 prompts, a decode in 2 segments and query-chunked attention:
+    greedy rollouts and the update match the plain run's; a batch the calls cannot split is
+    named."""
     greedy = MICRO + ["total_steps=1", "checkpoint_every=0", "sampling.temperature=0"]
     plain = train(load_config(TINY, greedy), str(tmp_path / "plain"))
     memory = greedy + ["sampling.prompts_per_call=2", "model.attention=chunked",
-                       "model.attention_chunk=16"]  # fmt: skip
+                       "model.attention_chunk=16", "sampling.decode_segments=2"]  # fmt: skip
     light = train(load_config(TINY, memory), str(tmp_path / "light"))
     for key in ["train/reward_mean", "train/response_length_mean", "train/loss",
                 "train/grad_norm", "train/entropy"]:  # fmt: skip

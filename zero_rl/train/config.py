@@ -93,8 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.prompts_per_call = 0
     # The decode loop in this many segments; each attends over the cache slots filled by the
     # end of it, not the whole cache (same outputs; the decode program is that many times
-    # larger to compile). Speeds up long responses.
-    c.sampling.decode_segments = 4
+    # larger to compile). Speeds up long responses; 4 in the 8K SimpleRL-Zoo configs.
+    c.sampling.decode_segments = 1
 
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 1024
@@ -210,6 +210,7 @@ def simplerl_zoo_config(
     c.data.template = ""  # the family default (zero_rl.data.default_template)
     c.sampling.max_prompt_len = 1024
     c.sampling.max_new_tokens = max_response_len
+    c.sampling.decode_segments = 4
     c.rl.num_prompts = 1024
     c.rl.num_samples = 8
     c.rl.minibatch_size = 256 * 8  # 256 prompts' groups per optimiser step: 4 updates per step
