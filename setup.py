@@ -21,8 +21,8 @@ CORE = [
     "sympy>=1.13,<1.15",
     "math-verify>=0.7,<0.10",
     "tensorboard>=2.18,<2.22",
-    "pyarrow>=16",
-    "tqdm>=4.66",
+    "pyarrow>=16,<27",
+    "tqdm>=4.66,<5",
 ]
 
 EXTRAS = {
