@@ -2,10 +2,11 @@
 
 Defaults to the tiny CPU config. Override any key on the command line, e.g.
 `--config.rl.loss.kl_coef=0 --config.total_steps=300`; rerunning with the same workdir resumes.
-On several hosts `jax.distributed` is initialised first: TPU pod slices and SLURM jobs are
-detected; otherwise give every process `--coordinator_address=HOST:PORT --num_processes=N
---process_id=I` (process 0's host). Each process reads its share of the prompts, process 0 writes
-the logs, and all processes write the checkpoints together.
+On several hosts `jax.distributed` is initialised first: Cloud TPU slices (GCE VMs and GKE) and
+SLURM jobs of several tasks are detected; otherwise give every process
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (process 0's host). Each
+process reads its share of the prompts, process 0 writes the logs, and all processes write the
+checkpoints together.
 """
 
 import logging
@@ -41,28 +42,19 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, from 0")
 
 
-def _multi_host_environment() -> bool:
-    # TPU VMs of a pod slice, SLURM jobs and explicit coordinators all announce themselves.
-    markers = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_NUM_NODES", "JAX_COORDINATOR_ADDRESS")
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return any(os.environ.get(m) for m in markers[1:]) or "," in hosts
-
-
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     import jax
 
-    explicit = (_NUM_PROCESSES.value or 1) > 1
-    if _DISTRIBUTED.value == "on" or (
-        _DISTRIBUTED.value == "auto" and (explicit or _multi_host_environment())
-    ):
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
+    from zero_rl import sharding
+
+    sharding.initialize_distributed(
+        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
+    if jax.process_index() != 0:  # process 0 reports progress; the others only problems
+        logging.getLogger().setLevel(logging.WARNING)
     from zero_rl.train.loop import train
 
     train(_CONFIG.value, _WORKDIR.value)

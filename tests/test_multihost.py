@@ -1,5 +1,7 @@
-"""Two JAX processes on localhost (2 CPU devices each, gloo collectives) run the tiny config
-through launch/train.py and must agree with one process of 4 devices: same final metrics, same
+"""Multi-host runs. When `jax.distributed` is initialised (SLURM, Cloud TPU VMs and GKE pods
+simulated through the environment and a fake metadata server), and two JAX processes on
+localhost (2 CPU devices each, gloo collectives) running the tiny config through
+launch/train.py, which must agree with one process of 4 devices: same final metrics, same
 checkpointed params. Only process 0 logs; both write the checkpoint together.
 """
 
@@ -13,6 +15,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax._src.clusters import cloud_tpu_cluster
+
+from zero_rl import sharding
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2
@@ -36,6 +41,93 @@ OVERRIDES = [
     "reward.num_workers=1",
 ]
 TIMEOUT_S = 600
+
+
+_CLUSTER_VARS = (
+    "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "JAX_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_ID", "TPU_SKIP_MDS_QUERY",
+    "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID", "MEGASCALE_COORDINATOR_ADDRESS",
+)  # fmt: skip
+UNSET = dict(coordinator_address=None, num_processes=None, process_id=None)
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch) -> list[dict]:
+    """A machine that describes no cluster, with jax.distributed.initialize recording its
+    arguments instead of connecting anywhere."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    for var in _CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return calls
+
+
+def _tpu_vm(monkeypatch, endpoints: str, tpu_env: str = "") -> None:
+    """This process on a Cloud TPU VM whose metadata server lists `endpoints`."""
+    metadata = {"agent-worker-number": "0", "worker-network-endpoints": endpoints,
+                "tpu-env": tpu_env}  # fmt: skip
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(
+        cloud_tpu_cluster, "get_metadata", lambda key: (metadata[key], 200) if key in metadata
+        else ("", 404)
+    )  # fmt: skip
+
+
+def test_auto_initialises_on_several_slurm_tasks_only(initialize_calls, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")  # set in one-node jobs too: not the signal
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not sharding.initialize_distributed("auto")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert sharding.initialize_distributed("auto")
+    assert initialize_calls == [UNSET]  # JAX reads the coordinator and ranks from SLURM
+
+
+@pytest.mark.parametrize(
+    "endpoints,tpu_env,processes",
+    [
+        ("10.0.0.1", "", 1),  # a one-host slice (v5p-8)
+        ("10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4", "", 4),  # a v5p-32: four hosts
+        ("w-0:0:10.0.0.1,w-1:1:10.0.0.2", "", 2),  # the older name:id:ip endpoint format
+        ("10.0.0.1", "MEGASCALE_NUM_SLICES: '2'\nACCELERATOR_TYPE: 'v5p-8'", 2),  # multislice
+    ],
+)
+def test_auto_initialises_on_tpu_vms_of_several_hosts(
+    initialize_calls, monkeypatch, endpoints, tpu_env, processes
+):
+    """gcloud TPU VMs set no host list in the environment; the metadata server has it."""
+    _tpu_vm(monkeypatch, endpoints, tpu_env)
+    assert sharding.environment_process_count() == processes
+    assert sharding.initialize_distributed("auto") == (processes > 1)
+    assert initialize_calls == ([UNSET] if processes > 1 else [])
+
+
+def test_auto_initialises_on_gke_tpu_pods(initialize_calls, monkeypatch):
+    _tpu_vm(monkeypatch, "10.0.0.1")  # the node VM's own metadata: one host
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "job-0,job-1")  # the pod's: two
+    assert sharding.environment_process_count() == 2
+    assert sharding.initialize_distributed("auto")
+    assert initialize_calls == [UNSET]
+
+
+def test_explicit_processes_modes_and_plain_machines(initialize_calls, monkeypatch):
+    assert sharding.environment_process_count() == 1
+    assert not sharding.initialize_distributed("auto")  # one machine, nothing to join
+    assert not sharding.initialize_distributed("auto", num_processes=1)
+    assert sharding.initialize_distributed("auto", "10.0.0.1:1234", 2, 1)
+    assert initialize_calls == [
+        dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)
+    ]
+    assert sharding.initialize_distributed("on")  # JAX finds the rest, or names what is missing
+    assert initialize_calls[-1] == UNSET
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    assert sharding.initialize_distributed("auto")
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert not sharding.initialize_distributed("off")
+    assert len(initialize_calls) == 3
+    with pytest.raises(ValueError, match="'yes' is not one of"):
+        sharding.initialize_distributed("yes")
 
 
 def _free_port() -> int:

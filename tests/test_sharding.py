@@ -10,6 +10,7 @@ Regenerate the golden file after an intended sharding change with
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -79,6 +80,16 @@ def test_make_mesh_fills_the_minus_one_axis_and_names_errors():
         sharding.make_mesh({"data": -1, "fsdp": -1})
     with pytest.raises(ValueError, match="does not fit 8 devices"):
         sharding.make_mesh({"tensor": 3})
+
+
+def test_a_partial_mesh_warns_on_one_process_and_fails_on_several(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="zero_rl.sharding"):
+        mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2})
+    assert mesh.size == 4 and "uses 4 of the 8 devices" in caplog.text
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="names 4 devices, but this 2-process job has 8"):
+        sharding.make_mesh({"fsdp": 2, "tensor": 2})
+    assert sharding.make_mesh({"tensor": 2}).size == 8  # a -1 axis still takes every device
 
 
 def test_logical_rules_use_each_mesh_axis_once_and_drop_non_dividing_axes():

@@ -8,13 +8,17 @@ new sharding layout is a config change, not a model change.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -78,8 +82,16 @@ def make_mesh(
         raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     known = math.prod(s for s in sizes.values() if s != -1)
     if -1 not in sizes.values() and known < len(devices):
-        # Fully specified and smaller than the machine: use the first devices (e.g. one
-        # device of a multi-device host for a small job).
+        if jax.process_count() > 1:
+            # Every process must own devices of the mesh, or collectives wait on it forever.
+            raise ValueError(
+                f"mesh {sizes} names {known} devices, but this {jax.process_count()}-process "
+                f"job has {len(devices)}: a multi-host mesh must use all of them (set one axis "
+                f"to -1, or sizes whose product is {len(devices)})"
+            )
+        # One process, fully specified and smaller than the machine: use the first devices
+        # (e.g. one device of a multi-device host for a small job).
+        log.warning("mesh %s uses %d of the %d devices", sizes, known, len(devices))
         devices = devices[:known]
     if known > len(devices) or len(devices) % known:
         raise ValueError(f"mesh {sizes} does not fit {len(devices)} devices")
@@ -214,3 +226,51 @@ def gather_to_host(tree):
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# Multi-host start-up. `jax.distributed.initialize()` with no arguments finds the coordinator,
+# the process count and this process's index on Cloud TPU VMs (metadata server), GKE TPU pods
+# and SLURM; these helpers decide whether a job has several processes in the first place.
+
+
+def environment_process_count() -> int:
+    """How many processes the environment says this job has: SLURM's task count, or the
+    workers of a Cloud TPU slice (all slices of a multislice job) as JAX's own cluster
+    detection sees them; 1 when the environment describes no cluster."""
+    if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ:
+        # Not SLURM_JOB_NUM_NODES: it is set, to 1, in single-node jobs too.
+        return int(os.environ["SLURM_NTASKS"])
+    # Private API, used so that the answer is the one `initialize()` acts on: GCE TPU VMs
+    # describe their slice only through the metadata server, GKE pods in TPU_WORKER_HOSTNAMES.
+    from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+
+    for cluster in (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster):
+        if cluster.is_env_present():
+            return cluster.get_process_count()
+    return 1
+
+
+def initialize_distributed(
+    mode: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Calls `jax.distributed.initialize` when the job has several processes; returns whether
+    it did. `mode` is "on" (always), "off" (never) or "auto": when `num_processes` > 1, when
+    JAX_COORDINATOR_ADDRESS is set, or when `environment_process_count()` > 1. The arguments
+    left None are found by JAX from the environment."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"distributed mode {mode!r} is not one of 'auto', 'on', 'off'")
+    if mode == "off":
+        return False
+    if mode == "auto" and not (
+        (num_processes or 1) > 1
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or environment_process_count() > 1
+    ):
+        return False
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+    return True
