@@ -72,10 +72,15 @@ class FieldMapping:
 
 @dataclasses.dataclass
 class ReadResult:
-    """Examples read from one file, and a `path:line: reason` message per skipped record."""
+    """Examples read from one file, and a `path:line: reason` message per skipped record.
+
+    `records` holds each example's record as read (aligned with `examples`) when asked for with
+    `keep_records=True`, so a filtered subset can be written back in the file's own format.
+    """
 
     examples: list[Example]
     skipped: list[str]
+    records: list[Any] | None = None
 
     @property
     def num_skipped(self) -> int:
@@ -212,6 +217,7 @@ def read_examples(
     source: str | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     limit: int | None = None,
+    keep_records: bool = False,
 ) -> ReadResult:
     """Reads Examples from a .jsonl, .json (list of records) or .parquet file.
 
@@ -221,6 +227,7 @@ def read_examples(
       on_error: "raise" stops at the first bad record with a RecordError naming file and line;
         "skip" leaves it out and records why in `ReadResult.skipped`.
       limit: stop after this many examples.
+      keep_records: also return each example's raw record in `ReadResult.records`.
     """
     from zero_rl.rewards import DATASETS  # lazy: `import zero_rl.data` stays verifier-free
 
@@ -234,6 +241,7 @@ def read_examples(
         raise ValueError(f"unknown gold_format {mapping.gold_format!r}; valid: {sorted(DATASETS)}")
     source = source or path.stem
     examples: list[Example] = []
+    records: list[Any] = []
     skipped: list[str] = []
     seen_ids: set[str] = set()
     for location, record in _iter_records(path):
@@ -253,16 +261,27 @@ def read_examples(
             continue
         seen_ids.add(example.id)
         examples.append(example)
+        if keep_records:
+            records.append(record)
     if skipped:
         log.warning("%s: skipped %d bad records, first: %s", path, len(skipped), skipped[0])
     if not examples:
         raise RecordError(f"{path}: no usable records ({len(skipped)} skipped)")
-    return ReadResult(examples, skipped)
+    return ReadResult(examples, skipped, records if keep_records else None)
+
+
+def read_benchmark(
+    name: str, *, limit: int | None = None, keep_records: bool = False
+) -> ReadResult:
+    """`read_examples` on a shipped benchmark: one of `BENCHMARKS` (e.g. "math500")."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; valid names: {sorted(BENCHMARKS)}")
+    relative, mapping = BENCHMARKS[name]
+    return read_examples(
+        BENCHMARK_DIR / relative, mapping, source=name, limit=limit, keep_records=keep_records
+    )
 
 
 def load_benchmark(name: str, *, limit: int | None = None) -> list[Example]:
     """Examples of a shipped benchmark: one of `BENCHMARKS` (e.g. "math500", "gsm8k_train")."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; valid names: {sorted(BENCHMARKS)}")
-    relative, mapping = BENCHMARKS[name]
-    return read_examples(BENCHMARK_DIR / relative, mapping, source=name, limit=limit).examples
+    return read_benchmark(name, limit=limit).examples

@@ -1,0 +1,142 @@
+"""Pass-rate filtering of training prompts with the policy itself (SimpleRL-Zoo's "control query
+difficulty"): k samples per prompt, graded by the verifier; keep the prompts in a band.
+
+    python launch/filter_difficulty.py --config=configs/qwen2_5_math_7b.py \
+        --hf_model=/ckpt/Qwen2.5-Math-7B --data=data/math_train.jsonl --level_field=level \
+        --k=8 --max_new_tokens=4096 --output=/data/math_train_band.jsonl
+    python launch/filter_difficulty.py --checkpoint=/tmp/zero-rl-tiny --data=synthetic_addition \
+        --k=4 --output=/tmp/addition_band.jsonl            # the tiny config's run
+
+Writes OUTPUT (the kept records, in the source's own format: point `data.train` at it) and
+OUTPUT's `.pass_rates.jsonl` ({"id", "pass_rate", "num_correct", "k"} per prompt, appended per
+batch). Rerunning resumes an interrupted run; with a finished pass-rate file and a new --output
+and band, nothing is sampled again. --overwrite starts over.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from zero_rl import sharding
+from zero_rl.data import FieldMapping, default_template
+from zero_rl.data.pass_rate import Sampling, filter_difficulty, load_source
+from zero_rl.eval.policy import load_policy
+from zero_rl.train.config import reward_config
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_REPO, "configs", "tiny.py"), "run config file", lock_config=True
+)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "trainer workdir or checkpoints dir")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+_HF_MODEL = flags.DEFINE_string("hf_model", None, "HF model directory (instead of --checkpoint)")
+_DATA = flags.DEFINE_string("data", None, "benchmark name, synthetic_addition, or a data file")
+_QUESTION = flags.DEFINE_string("question_field", "problem", "question field of a data file")
+_ANSWER = flags.DEFINE_string("answer_field", "answer", "gold answer field of a data file")
+_FROM_SOLUTION = flags.DEFINE_bool(
+    "answer_from_solution", False, "gold = last \\boxed{} of --solution_field"
+)
+_SOLUTION = flags.DEFINE_string("solution_field", "solution", "worked solution field")
+_LEVEL = flags.DEFINE_string("level_field", None, "difficulty level field (kept in the output)")
+_ID = flags.DEFINE_string("id_field", None, "unique id field (default: the line number)")
+_GOLD_FORMAT = flags.DEFINE_string("gold_format", None, "gold answer format, e.g. gsm8k")
+_ON_ERROR = flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "bad records: stop or skip")
+_LIMIT = flags.DEFINE_integer("limit", None, "first N prompts only")
+_OUTPUT = flags.DEFINE_string("output", None, "kept records (.jsonl)", required=True)
+_PASS_RATES = flags.DEFINE_string("pass_rates", None, "default: OUTPUT's .pass_rates.jsonl")
+_K = flags.DEFINE_integer("k", 8, "samples per prompt")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "0 = off")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 0, "0 = the config's")
+_MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 0, "0 = the config's")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "prompts per sampler call")
+_TEMPLATE = flags.DEFINE_string("template", "", "prompt template (default: the config's)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_LOW = flags.DEFINE_float("low", 0.0, "keep pass rates above this")
+_HIGH = flags.DEFINE_float("high", 1.0, "keep pass rates below this")
+_INCLUSIVE = flags.DEFINE_bool("inclusive", False, "keep low <= rate <= high instead")
+_RESPONSES = flags.DEFINE_bool("save_responses", False, "add responses to the pass-rate lines")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace existing outputs and sample again")
+_PROGRESS = flags.DEFINE_bool("progress", True, "progress bar on stderr")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _pass_rates_path(output: str) -> str:
+    return _PASS_RATES.value or os.path.splitext(output)[0] + ".pass_rates.jsonl"
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if (_CHECKPOINT.value is None) == (_HF_MODEL.value is None):
+        return _fail("give exactly one of --checkpoint=DIR or --hf_model=DIR")
+    if not _DATA.value:
+        return _fail("--data is required: a benchmark name, synthetic_addition, or a data file")
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    try:  # everything that can be wrong with the flags fails here, before the model loads
+        if _BATCH_SIZE.value % batch_devices:
+            raise ValueError(f"--batch_size must be a multiple of {batch_devices} (data x fsdp)")
+        mapping = FieldMapping(
+            question_field=_QUESTION.value, answer_field=_ANSWER.value,
+            answer_from_solution=_FROM_SOLUTION.value, solution_field=_SOLUTION.value,
+            level_field=_LEVEL.value, id_field=_ID.value, gold_format=_GOLD_FORMAT.value,
+        )  # fmt: skip
+        source = load_source(_DATA.value, mapping, limit=_LIMIT.value, on_error=_ON_ERROR.value,
+                             synthetic_seed=config.seed)  # fmt: skip
+        model_name = config.model.preset or os.path.basename(
+            os.path.normpath(_HF_MODEL.value or config.model.hf_path or "tiny")
+        )
+        template = _TEMPLATE.value or config.data.template or default_template(model_name)
+        reward = reward_config(config)
+        sampling = Sampling(
+            template=template, k=_K.value,
+            max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.max_new_tokens,
+            max_prompt_len=_MAX_PROMPT_LEN.value or config.sampling.max_prompt_len,
+            batch_size=_BATCH_SIZE.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+            top_k=_TOP_K.value, seed=_SEED.value, reward=reward,
+            decode_segments=config.sampling.decode_segments,
+        )  # fmt: skip
+        output, pass_rates = _OUTPUT.value, _pass_rates_path(_OUTPUT.value)
+        if os.path.exists(output) and not _OVERWRITE.value:
+            raise FileExistsError(f"{output} exists; pass --overwrite or another --output")
+        policy = load_policy(config, checkpoint=_CHECKPOINT.value, hf_model=_HF_MODEL.value,
+                             step=_STEP.value, mesh=mesh)  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        return _fail(str(e))
+    print(
+        f"filtering {len(source.examples)} prompts of {source.name} with {policy.source}: "
+        f"template={template} k={sampling.k} temperature={sampling.temperature} "
+        f"top_p={sampling.top_p} band={'[' if _INCLUSIVE.value else '('}{_LOW.value}, "
+        f"{_HIGH.value}{']' if _INCLUSIVE.value else ')'}",
+        file=sys.stderr,
+    )
+    input_sharding = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+    try:
+        with sharding.activation_sharding(mesh):
+            summary = filter_difficulty(
+                (policy.graphdef, policy.params), policy.tokenizer, source, sampling,
+                pass_rates_path=pass_rates, output_path=output, low=_LOW.value,
+                high=_HIGH.value, inclusive=_INCLUSIVE.value, with_responses=_RESPONSES.value,
+                overwrite=_OVERWRITE.value, policy_name=policy.source,
+                input_sharding=input_sharding, progress=_PROGRESS.value,
+            )  # fmt: skip
+    except (FileExistsError, ValueError) as e:
+        return _fail(str(e))
+    print(summary.format())
+    print(f"pass rates in {pass_rates}")
+    if jax.process_index() == 0 and summary.num_kept:
+        print(f"train on them: --config.data.train={output}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
