@@ -10,6 +10,7 @@ import pytest
 from zero_rl.data import (
     BENCHMARK_DIR,
     Example,
+    default_difficulty,
     filter_by_pass_rate,
     load_benchmark,
     select_difficulty,
@@ -92,3 +93,36 @@ def test_filter_by_pass_rate(low, high, inclusive, kept):
 def test_filter_by_pass_rate_errors(rates, low, high, message):
     with pytest.raises(ValueError, match=message):
         filter_by_pass_rate(EXAMPLES, rates, low, high)
+
+
+@pytest.mark.parametrize(
+    "model, difficulty",
+    [
+        ("Llama-3.1-8B", "easy"),
+        ("mistralai/Mistral-7B-v0.1", "easy"),
+        ("deepseek-math-7b-base", "easy"),
+        ("Qwen2.5-0.5B", "medium"),
+        ("qwen2_5_0_5b", "medium"),
+        ("Qwen-2.5-1.5B", "hard"),
+        ("Qwen/Qwen2.5-7B", "hard"),
+        ("Qwen2.5-14B", "hard"),
+        ("Qwen2.5-32B", "hard"),
+        ("Qwen2.5-Math-7B", "hard"),
+        ("Mistral-Small-24B-Base-2501", "hard"),
+        # The model presets' names.
+        ("llama3.1-8b", "easy"),
+        ("mistral-7b", "easy"),
+        ("deepseek-math-7b", "easy"),
+        ("qwen2.5-0.5b", "medium"),
+        ("qwen2.5-1.5b", "hard"),
+        ("mistral-small-24b", "hard"),
+        ("qwen2.5-math-7b", "hard"),
+    ],
+)
+def test_default_difficulty_per_family(model, difficulty):
+    assert default_difficulty(model) == difficulty
+
+
+def test_default_difficulty_unknown_family():
+    with pytest.raises(ValueError, match=r"no default difficulty for model 'gpt2'.*'easy'"):
+        default_difficulty("gpt2")

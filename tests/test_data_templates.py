@@ -58,6 +58,13 @@ def test_unknown_template_lists_valid_names():
         ("Mistral-Small-24B-Base-2501", "qwen_boxed"),
         ("deepseek-math-7b-base", "abel"),
         ("tiny", "plain"),
+        # The model presets' names.
+        ("llama3.1-8b", "abel"),
+        ("mistral-7b", "abel"),
+        ("qwen2.5-1.5b", "abel"),
+        ("qwen2.5-7b", "qwen_boxed"),
+        ("qwen2.5-math-7b", "qwen_boxed"),
+        ("mistral-small-24b", "qwen_boxed"),
     ],
 )
 def test_default_template_per_family(model, template):

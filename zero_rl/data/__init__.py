@@ -4,7 +4,12 @@ Pure Python and NumPy: the seqio tasks live in `zero_rl.data.tasks`, the only mo
 seqio (and with it TensorFlow), and are never imported from here.
 """
 
-from zero_rl.data.difficulty import MATH_LEVELS, filter_by_pass_rate, select_difficulty
+from zero_rl.data.difficulty import (
+    MATH_LEVELS,
+    default_difficulty,
+    filter_by_pass_rate,
+    select_difficulty,
+)
 from zero_rl.data.iterator import PromptBatch, PromptIterator, make_prompt_batch
 from zero_rl.data.records import (
     BENCHMARK_DIR,
@@ -38,6 +43,7 @@ __all__ = [
     "RecordError",
     "Template",
     "apply_template",
+    "default_difficulty",
     "default_template",
     "filter_by_pass_rate",
     "get_template",

@@ -6,6 +6,7 @@ zero. Its three sets, each ~8K questions:
   easy   = GSM8K + MATH level 1
   medium = MATH levels 1-4
   hard   = MATH levels 3-5
+and which base model trains on which: `default_difficulty`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 
 from zero_rl.data.records import Example, load_benchmark
@@ -24,6 +26,29 @@ MATH_LEVELS: dict[str, tuple[int, ...]] = {
     "medium": (1, 2, 3, 4),
     "hard": (3, 4, 5),
 }
+
+
+# SimpleRL-Zoo's set per base model (paper, Sec. 2): easy for Llama-3.1-8B, Mistral-v0.1-7B and
+# DeepSeek-Math-7B; medium for Qwen2.5-0.5B; hard for Mistral-Small-24B, Qwen2.5-Math-7B and
+# Qwen2.5-1.5B/7B/14B/32B. The maintainers confirm 0.5B -> level1to4 and 1.5B -> level3to5 data
+# (github.com/hkust-nlp/simpleRL-reason, thread #61). First match wins.
+_FAMILY_DIFFICULTY: tuple[tuple[str, str], ...] = (
+    (r"qwen[-_]?2[._]5[-_]0[._]5b", "medium"),
+    (r"qwen", "hard"),
+    (r"mistral[-_]?small", "hard"),
+    (r"mistral|llama|deepseek", "easy"),
+)
+
+
+def default_difficulty(model_name: str) -> str:
+    """SimpleRL-Zoo's difficulty for a base model, e.g. "Qwen2.5-0.5B" -> "medium"."""
+    lowered = model_name.lower()
+    for pattern, difficulty in _FAMILY_DIFFICULTY:
+        if re.search(pattern, lowered):
+            return difficulty
+    raise ValueError(
+        f"no default difficulty for model {model_name!r}; choose one of {sorted(MATH_LEVELS)}"
+    )
 
 
 def select_difficulty(

@@ -4,11 +4,16 @@ Every template is `prefix + question + suffix`, which keeps rendering trivial in
 in TensorFlow string ops (the seqio preprocessors) alike.
 
 Sources: `qwen_boxed` and `abel` are the two prompts of SimpleRL-Zoo (Zeng et al., 2025,
-arXiv:2503.18892): its "qwen" training data puts the instruction in the system turn of the Qwen
-chat format (the layout shown in the simpleRL-reason issues #10/#87), and its "abel" data uses the
-Abel prompt. `r1_zero` is Table 1 of the DeepSeek-R1 report (arXiv:2501.12948).
+arXiv:2503.18892), whose released training data comes in a "qwen" and an "abel" format
+(hkust-nlp/SimpleRL-Zoo-Data). The qwen format puts the instruction in the system turn of the Qwen
+chat layout; the maintainers posted it verbatim when asked for the training data
+(github.com/hkust-nlp/simpleRL-reason, thread #10, quoted again in #87), and `qwen_boxed` renders
+that string.
+The abel format is the Abel prompt. `r1_zero` is Table 1 of the DeepSeek-R1 report
+(arXiv:2501.12948).
 The Qwen2.5-Math evaluation harness's own "qwen-boxed" differs from `qwen_boxed`: it keeps the
-system turn "You are a helpful assistant." and appends the instruction to the question.
+system turn "You are a helpful assistant." and appends the instruction to the question (its
+"qwen25-math-cot" is the layout above).
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ TEMPLATES: dict[str, Template] = {
 
 # SimpleRL-Zoo trains the models with weak instruction following (Llama-3.1-8B, Mistral-7B,
 # DeepSeek-Math-7B, Qwen2.5-0.5B/1.5B) with the simple Abel prompt; the rest (Qwen2.5-7B and up,
-# Qwen2.5-Math-7B, Mistral-Small-24B) with the Qwen chat prompt. First match wins.
+# Qwen2.5-Math-7B, Mistral-Small-24B) with the Qwen chat prompt (paper, Sec. 2). The maintainers
+# point Qwen2.5-0.5B/1.5B and Llama-3.1-8B at the abel-format data (simpleRL-reason threads #61
+# and #71). First match wins.
 _FAMILY_DEFAULTS: tuple[tuple[str, str], ...] = (
     (r"tiny|toy", "plain"),
     (r"qwen[-_]?2[._]5[-_](0[._]5|1[._]5)b", "abel"),
