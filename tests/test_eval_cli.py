@@ -104,7 +104,8 @@ def test_cli_evaluates_a_checkpoint(workdir, tmp_path):
     assert "synthetic_addition" in result.stdout and "step 10" in result.stderr
     with open(out / "summary.json") as f:
         summary = json.load(f)
-    assert summary["step"] == 10 and summary["settings"]["template"] == "plain"
+    assert summary["step"] == 10
+    assert summary["settings"]["synthetic_addition"]["template"] == "plain"
     assert summary["benchmarks"]["synthetic_addition"]["num_problems"] == 8
     with open(out / "synthetic_addition" / "generations.jsonl") as f:
         records = [json.loads(line) for line in f]

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from zero_rl.eval import format_summary, grade_outputs, read_outputs
+from zero_rl.eval import OutputDirError, format_summary, grade_outputs, read_outputs
 from zero_rl.eval.grade import OutputsError
-from zero_rl.rewards import VerifierPool
+from zero_rl.eval.harness import GRADING_KEYS
+from zero_rl.eval.store import GenerationStore
+from zero_rl.rewards import RewardConfig, VerifierPool
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train.metrics import SummaryWriter, read_scalars
 
@@ -112,3 +114,70 @@ def test_format_summary_marks_unknowns(tmp_path, pool):
     assert line.split() == ["toy", "acc", "1.000", "pass@2", "1.000", "maj@2", "1.000", "len",
                             "-", "trunc", "0.00", "boxed", "1.00", "refl", "0.50", "rep", "0.00",
                             "(n=1)"]  # fmt: skip
+
+
+def test_grading_writes_settings_and_regrades_only_its_own_source(tmp_path, pool):
+    out = tmp_path / "out"
+    path = _write(tmp_path / "outputs.jsonl", OUTPUTS)
+    first = grade_outputs(path, str(out), pool=pool, progress=False)
+    with open(out / "toy" / "settings.json") as f:
+        settings = json.load(f)
+    assert settings == {
+        "graded_from": str(tmp_path / "outputs.jsonl"),
+        "grading": {k: getattr(RewardConfig(), k) for k in GRADING_KEYS},
+    }
+    assert set(GRADING_KEYS) == {"last_number_fallback", "rel_tol", "timeout_s"}
+    assert first["settings"] == {"toy": settings, "gsm8k": settings}
+    # The same file again: the same files, rewritten (not appended).
+    before = (out / "toy" / "generations.jsonl").read_text()
+    assert grade_outputs(path, str(out), pool=pool, progress=False) == first
+    assert (out / "toy" / "generations.jsonl").read_text() == before
+    # Another file with a benchmark of the same name: refused before anything is written.
+    other = _write(tmp_path / "other.jsonl", [OUTPUTS[0]])
+    with pytest.raises(OutputDirError, match=r"toy holds generations made with other settings"):
+        grade_outputs(other, str(out), pool=pool, progress=False)
+    assert (out / "toy" / "generations.jsonl").read_text() == before
+    with open(out / "summary.json") as f:
+        assert json.load(f) == json.loads(json.dumps(first))
+
+
+def test_grading_refuses_a_directory_of_generated_responses(tmp_path, pool):
+    out = tmp_path / "out"
+    generated = {"num_samples": 1, "temperature": 0.0, "step": 0, "policy": "0123abcd"}
+    store = GenerationStore(str(out / "toy"), generated)
+    line = {"id": "p1", "sample": 0, "response": "\\boxed{2}", "correct": True}
+    store.append([line])
+    path = _write(tmp_path / "outputs.jsonl", OUTPUTS[:2])
+    with pytest.raises(OutputDirError, match=r"other settings \(graded_from: None -> '/"):
+        grade_outputs(path, str(out), pool=pool, progress=False)
+    assert (out / "toy" / "generations.jsonl").read_text() == json.dumps(line) + "\n"
+    with open(out / "toy" / "settings.json") as f:
+        assert json.load(f) == generated
+    # A file left without its settings (what made it is unknown) is refused as well.
+    (out / "toy" / "settings.json").unlink()
+    with pytest.raises(OutputDirError, match="without settings.json"):
+        grade_outputs(path, str(out), pool=pool, progress=False)
+
+
+def test_summary_gathers_graded_benchmarks_of_several_files(tmp_path, pool):
+    out = str(tmp_path / "out")
+    grade_outputs(_write(tmp_path / "toy.jsonl", OUTPUTS[:4]), out, pool=pool, progress=False)
+    gsm8k_file = _write(tmp_path / "vllm.jsonl", [dict(r, benchmark=None) for r in OUTPUTS[4:]])
+    summary = grade_outputs(gsm8k_file, out, benchmark="gsm8k", pool=pool, progress=False)
+    assert list(summary["benchmarks"]) == ["toy", "gsm8k"]
+    assert summary["benchmarks"]["toy"]["accuracy"] == pytest.approx(3 / 4)
+    assert summary["benchmarks"]["gsm8k"]["accuracy"] == pytest.approx(1 / 2)
+    assert summary["average"]["accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert summary["settings"]["toy"]["graded_from"] == str(tmp_path / "toy.jsonl")
+    assert summary["settings"]["gsm8k"]["graded_from"] == str(tmp_path / "vllm.jsonl")
+
+
+def test_benchmark_argument_picks_the_gold_format(tmp_path):
+    # Lines without a benchmark field take the given one, and with it gsm8k's "#### N" golds.
+    rows = [{"id": 1, "response": "\\boxed{18}", "answer": "9 * 2 = 18\n#### 18"}]
+    path = _write(tmp_path / "vllm.jsonl", rows)
+    assert read_outputs(path, benchmark="gsm8k")["gsm8k"][0]["gold"] == "18"
+    assert list(read_outputs(path)) == ["vllm"]
+    with pytest.raises(OutputsError, match="no '#### N' line"):
+        read_outputs(_write(tmp_path / "bad.jsonl", [dict(rows[0], answer="18 apples")]),
+                     benchmark="gsm8k")  # fmt: skip

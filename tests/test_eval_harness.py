@@ -4,6 +4,8 @@ the files it writes, a recount of its summary, resume after an interruption, Ten
 import json
 import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,12 +13,22 @@ from flax import nnx
 
 from zero_rl.data import load_benchmark
 from zero_rl.data.templates import cut_at_stop_string
-from zero_rl.eval import RECORD_FIELDS, EvalSet, harness, run_benchmarks
+from zero_rl.eval import (
+    RECORD_FIELDS,
+    EvalSet,
+    grade_outputs,
+    harness,
+    metrics,
+    params_fingerprint,
+    run_benchmarks,
+    summarize,
+)
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
 from zero_rl.tokenizer import train_sentencepiece
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import SummaryWriter, read_scalars
+from zero_rl.train.rollout import REFLECTION_WORDS
 
 SIX = ["gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23"]
 MAX_NEW_TOKENS = 12
@@ -61,47 +73,141 @@ def _read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_six_benchmarks_summary_equals_recount_from_jsonl(policy, tokenizer, pool, tmp_path):
-    writer = SummaryWriter(str(tmp_path / "tb"))
-    summary = _run(policy, tokenizer, pool, tmp_path, benchmarks=SIX, limit=2, num_samples=3,
+@pytest.fixture(scope="module")
+def six_run(policy, tokenizer, pool, tmp_path_factory):
+    """The six benchmarks, 2 problems x 3 samples each, with TensorBoard at step 7."""
+    out = tmp_path_factory.mktemp("six")
+    writer = SummaryWriter(str(out / "tb"))
+    summary = _run(policy, tokenizer, pool, out, benchmarks=SIX, limit=2, num_samples=3,
                    batch_size=2, writer=writer, step=7)  # fmt: skip
     writer.close()
-    with open(tmp_path / "summary.json") as f:
+    return out, summary
+
+
+def _whole_word_count(text, phrase):
+    """Occurrences of `phrase` as whole words (any case), from a word split of `text`."""
+    words = [(m.group().lower(), m.start(), m.end()) for m in re.finditer(r"\w+", text)]
+    parts = phrase.split(" ")
+    return sum(
+        all(words[i + j][0] == part for j, part in enumerate(parts))
+        and all(text[words[i + j][2] : words[i + j + 1][1]] == " " for j in range(len(parts) - 1))
+        for i in range(len(words) - len(parts) + 1)
+    )
+
+
+def _coverage(text, tail_chars=2000, ngram=20, min_repeats=3):
+    """Repeated-n-gram coverage of the tail, position by position."""
+    tail = text[-tail_chars:]
+    if len(tail) < ngram * min_repeats:
+        return 0.0
+    grams = [tail[i : i + ngram] for i in range(len(tail) - ngram + 1)]
+    covered = np.zeros(len(tail), bool)
+    for i, gram in enumerate(grams):
+        if grams.count(gram) >= min_repeats:
+            covered[i : i + ngram] = True
+    return covered.mean()
+
+
+def _majority_correct(answers, correct):
+    """Vote by counting, for each answered sample, the samples with the same answer; the
+    first sample with the most votes represents the vote."""
+    votes = [
+        -1 if a is None else sum(b is not None and metrics.same_answer(b, a) for b in answers)
+        for a in answers
+    ]
+    best = int(np.argmax(votes))
+    return votes[best] > 0 and correct[best]
+
+
+def _recount(records, n):
+    """Every number of `summarize` for records of problems with n samples each, recomputed."""
+    correct_pn = np.array([r["correct"] for r in records]).reshape(-1, n)
+    lengths = np.array([r["length"] for r in records], np.float64)
+    right = correct_pn.reshape(-1)
+    texts = [r["response"] for r in records]
+    counts = [{w: _whole_word_count(t, w) for w in REFLECTION_WORDS} for t in texts]
+    out = {
+        "num_problems": correct_pn.shape[0],
+        "num_responses": len(records),
+        "samples_per_problem": n,
+        "accuracy": correct_pn.mean(),
+        f"avg@{n}": correct_pn.mean(),
+        "mean_length": lengths.mean(),
+        "mean_length_correct": lengths[right].mean() if right.any() else None,
+        "mean_length_wrong": lengths[~right].mean() if (~right).any() else None,
+        "truncated_ratio": np.mean([r["truncated"] for r in records]),
+        "boxed_ratio": np.mean([r["boxed"] for r in records]),
+        "no_answer_ratio": np.mean([r["extracted"] is None for r in records]),
+        "reflection_ratio": np.mean([any(c.values()) for c in counts]),
+        "reflection_words_per_response": {
+            w: np.mean([c[w] for c in counts]) for w in REFLECTION_WORDS
+        },
+        "repetition_ratio": np.mean([_coverage(t) >= 0.8 for t in texts]),
+        "verifier_timeouts": sum(r["timed_out"] for r in records),
+    }
+    for k in range(1, n + 1):
+        out[f"pass@{k}"] = np.mean(
+            [1 - math.comb(n - c, k) / math.comb(n, k) for c in correct_pn.sum(1)]
+        )
+    answers_pn = [[r["extracted"] for r in records[i : i + n]] for i in range(0, len(records), n)]
+    for k in range(2, n + 1):
+        out[f"maj@{k}"] = np.mean(
+            [_majority_correct(a[:k], c[:k]) for a, c in zip(answers_pn, correct_pn)]
+        )
+    return out
+
+
+def test_six_benchmarks_summary_equals_recount_from_jsonl(six_run, policy, pool):
+    out, summary = six_run
+    with open(out / "summary.json") as f:
         assert json.load(f) == json.loads(json.dumps(summary))
-    tb = read_scalars(str(tmp_path / "tb"))
-    accuracies = []
+    tb = read_scalars(str(out / "tb"))
+    accuracies, answered = [], 0
     for name in SIX:
-        records = _read_jsonl(tmp_path / name / "generations.jsonl")
+        records = _read_jsonl(out / name / "generations.jsonl")
         shipped = load_benchmark("gsm8k_test" if name == "gsm8k" else name, limit=2)
         assert [r["id"] for r in records] == [ex.id for ex in shipped for _ in range(3)]
+        assert [r["sample"] for r in records] == [0, 1, 2] * 2
         assert [r["gold"] for r in records] == [ex.answer for ex in shipped for _ in range(3)]
+        assert [r["prompt"] for r in records] == [ex.prompt for ex in shipped for _ in range(3)]
         assert all(tuple(r) == RECORD_FIELDS for r in records)
         for r in records:
             assert 1 <= r["length"] <= MAX_NEW_TOKENS
             assert r["length"] == MAX_NEW_TOKENS or not r["truncated"]
-        # Independent regrading and recount.
+        # Independent regrading and recount of every number in the summary.
         verdicts = score([r["response"] for r in records], [r["gold"] for r in records],
                          config=REWARD, pool=pool)  # fmt: skip
         assert [v.correct for v in verdicts] == [r["correct"] for r in records]
         assert [v.extracted for v in verdicts] == [r["extracted"] for r in records]
-        correct_pn = np.array([r["correct"] for r in records]).reshape(2, 3)
+        assert [v.boxed for v in verdicts] == [r["boxed"] for r in records]
         s = summary["benchmarks"][name]
-        assert s["accuracy"] == pytest.approx(correct_pn.mean())
-        for k in (1, 2, 3):
-            per_problem = [1 - math.comb(3 - c, k) / math.comb(3, k) for c in correct_pn.sum(1)]
-            assert s[f"pass@{k}"] == pytest.approx(np.mean(per_problem))
-        lengths = np.array([r["length"] for r in records], np.float64)
-        assert s["mean_length"] == pytest.approx(lengths.mean())
-        assert s["truncated_ratio"] == pytest.approx(np.mean([r["truncated"] for r in records]))
-        assert s["boxed_ratio"] == pytest.approx(np.mean([r["boxed"] for r in records]))
-        assert s["no_answer_ratio"] == pytest.approx(
-            np.mean([r["extracted"] is None for r in records])
-        )
+        expected = _recount(records, 3)
+        assert s.keys() == expected.keys()
+        for key, value in expected.items():
+            assert s[key] == pytest.approx(value), key
+        assert summary["settings"][name]["num_samples"] == 3
+        assert summary["settings"][name]["policy"] == params_fingerprint(policy[1])
         assert tb[f"eval/{name}/accuracy"] == [(7, pytest.approx(s["accuracy"]))]
+        assert tb[f"eval/{name}/maj@3"] == [(7, pytest.approx(s["maj@3"]))]
         accuracies.append(s["accuracy"])
+        answered += sum(r["extracted"] is not None for r in records)
+    assert summary["step"] == 7 and list(summary["benchmarks"]) == SIX
     assert summary["average"]["accuracy"] == pytest.approx(np.mean(accuracies))
     assert tb["eval/average/accuracy"] == [(7, pytest.approx(np.mean(accuracies)))]
-    assert any(r["extracted"] is not None for r in records)  # the grading path was exercised
+    assert answered > 0  # the grading path was exercised
+
+
+def test_grading_the_harness_generations_reproduces_its_summary(six_run, pool, tmp_path):
+    out, summary = six_run
+    for name in SIX:
+        graded = grade_outputs(str(out / name / "generations.jsonl"), str(tmp_path / name),
+                               benchmark=name, reward=REWARD, pool=pool,
+                               progress=False)  # fmt: skip
+        assert graded["benchmarks"] == {name: summary["benchmarks"][name]}
+        # The same lines, verdicts included, come back (the prompt is kept as the problem's).
+        assert _read_jsonl(tmp_path / name / name / "generations.jsonl") == _read_jsonl(
+            out / name / "generations.jsonl"
+        )
 
 
 def test_greedy_responses_equal_the_trainers_evaluate(policy, tokenizer, pool, tmp_path):
@@ -126,48 +232,31 @@ def test_greedy_responses_equal_the_trainers_evaluate(policy, tokenizer, pool, t
     assert summary["benchmarks"]["amc"]["accuracy"] == pytest.approx(reference.accuracy)
 
 
-def test_resume_after_interruption_writes_no_duplicates(
-    policy, tokenizer, pool, tmp_path, monkeypatch
-):
-    kwargs = dict(benchmarks=["aime24", "math500"], limit=3)
-    full = _run(policy, tokenizer, pool, tmp_path / "full", **kwargs)
-
-    real_generate, calls = harness._generate, []
-
-    def interrupted_generate(*args):
-        calls.append(1)
-        if len(calls) == 5:  # aime24's three batches and math500's first are written by now
-            raise KeyboardInterrupt
-        return real_generate(*args)
-
-    monkeypatch.setattr(harness, "_generate", interrupted_generate)
-    with pytest.raises(KeyboardInterrupt):
-        _run(policy, tokenizer, pool, tmp_path / "resumed", **kwargs)
-    partial = tmp_path / "resumed" / "math500" / "generations.jsonl"
-    assert len(_read_jsonl(partial)) == 2
-    with open(partial, "a") as f:  # a crash in the middle of an append
-        f.write('{"id": "math500/test/precalculus/80')
-    calls.clear()
-    resumed = _run(policy, tokenizer, pool, tmp_path / "resumed", **kwargs)
-    assert len(calls) == 2  # only math500's last two problems are generated again
-    for name in ("aime24", "math500"):
-        got = _read_jsonl(tmp_path / "resumed" / name / "generations.jsonl")
-        want = _read_jsonl(tmp_path / "full" / name / "generations.jsonl")
-        assert got == want
-        assert len({(r["id"], r["sample"]) for r in got}) == len(got) == 6
-    assert resumed["benchmarks"] == full["benchmarks"]
-
-    calls.clear()  # a finished run does nothing but summarise
-    assert _run(policy, tokenizer, pool, tmp_path / "resumed", **kwargs) == resumed
-    assert not calls
-
-
-def test_rerun_with_other_settings_is_refused(policy, tokenizer, pool, tmp_path):
-    _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], limit=1)
-    with pytest.raises(ValueError, match=r"other settings \(temperature: 1.0 -> 0.5"):
-        _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], limit=1, temperature=0.5)
-    with pytest.raises(ValueError, match=r"other settings \(step: 0 -> 100"):
-        _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], limit=1, step=100)
+def test_summary_gathers_the_benchmarks_of_every_call(policy, tokenizer, pool, tmp_path):
+    first = _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], limit=2)
+    # Another call, other sampling settings, the same policy: both benchmarks in summary.json.
+    second = _run(policy, tokenizer, pool, tmp_path, benchmarks=["aime24"], limit=1,
+                  num_samples=1, temperature=0.0)  # fmt: skip
+    with open(tmp_path / "summary.json") as f:
+        on_disk = json.load(f)
+    assert on_disk == json.loads(json.dumps(second))
+    assert list(second["benchmarks"]) == ["amc23", "aime24"]
+    assert second["benchmarks"]["amc23"] == first["benchmarks"]["amc23"]
+    assert second["settings"]["amc23"]["num_samples"] == 2
+    assert second["settings"]["aime24"]["num_samples"] == 1
+    mean = first["benchmarks"]["amc23"]["accuracy"] + second["benchmarks"]["aime24"]["accuracy"]
+    assert second["average"]["accuracy"] == pytest.approx(mean / 2)
+    # Each benchmark's entry is what its own generations give.
+    for name, n in (("amc23", 2), ("aime24", 1)):
+        records = _read_jsonl(tmp_path / name / "generations.jsonl")
+        assert second["benchmarks"][name] == summarize(records)
+        assert len(records) == (2 if name == "amc23" else 1) * n
+    # A benchmark whose directory was deleted drops out of the next summary.
+    shutil.rmtree(tmp_path / "amc23")
+    third = _run(policy, tokenizer, pool, tmp_path, benchmarks=["aime24"], limit=1,
+                 num_samples=1, temperature=0.0)  # fmt: skip
+    assert list(third["benchmarks"]) == ["aime24"]
+    assert third["average"]["accuracy"] == third["benchmarks"]["aime24"]["accuracy"]
 
 
 def test_bad_arguments(policy, tokenizer, pool, tmp_path):
@@ -179,6 +268,10 @@ def test_bad_arguments(policy, tokenizer, pool, tmp_path):
         _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], template="chatml")
     with pytest.raises(ValueError, match=r"ks=\[4\] must lie in \[1, num_samples=2\]"):
         _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], ks=[4])
+    with pytest.raises(ValueError, match="temperature 0 is greedy decoding: all 2 samples"):
+        _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], temperature=-1.0)
     with pytest.raises(ValueError, match="batch_size >= 1"):
         _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], batch_size=0)
     with pytest.raises(ValueError, match=r"problem amc23/\d+ of amc23 has a prompt of \d+ tokens"):

@@ -83,6 +83,11 @@ def test_reflection_counts():
     counts = metrics.reflection_counts(text)
     assert counts["wait"] == 2 and counts["recheck"] == 1 and counts["however"] == 1
     assert counts["retry"] == 1 and counts["alternatively"] == 1 and counts["rethink"] == 0
+    # Whole words only, as the trainer's has_reflection: no waiter, retrying or awaited.
+    assert metrics.reflection_counts("The waiter, retrying, awaited; try  again") == dict.fromkeys(
+        counts, 0
+    )
+    assert metrics.reflection_counts("Let me TRY AGAIN (wait)")["try again"] == 1
 
 
 def _coverage_brute_force(text, tail_chars, ngram, min_repeats):

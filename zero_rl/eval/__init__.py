@@ -2,7 +2,7 @@
 reasoning-behaviour metrics, from this codebase's policies or from other engines' outputs."""
 
 from zero_rl.eval.grade import grade_outputs, read_outputs
-from zero_rl.eval.harness import default_stop_token_ids, format_summary, run_benchmarks
+from zero_rl.eval.harness import default_stop_token_ids, run_benchmarks
 from zero_rl.eval.metrics import (
     answer_clusters,
     is_repetitive,
@@ -13,7 +13,14 @@ from zero_rl.eval.metrics import (
     reflection_counts,
     repetition_coverage,
 )
-from zero_rl.eval.policy import Policy, load_policy, restore_params
+from zero_rl.eval.policy import (
+    Policy,
+    load_policy,
+    load_run_config,
+    params_fingerprint,
+    restore_params,
+    tokenizer_path,
+)
 from zero_rl.eval.sets import (
     SIMPLERL_ZOO_BENCHMARKS,
     EvalSet,
@@ -21,12 +28,14 @@ from zero_rl.eval.sets import (
     load_eval_sets,
     valid_names,
 )
-from zero_rl.eval.summary import RECORD_FIELDS, default_ks, summarize
+from zero_rl.eval.store import OutputDirError
+from zero_rl.eval.summary import RECORD_FIELDS, default_ks, format_summary, summarize
 
 __all__ = [
     "RECORD_FIELDS",
     "SIMPLERL_ZOO_BENCHMARKS",
     "EvalSet",
+    "OutputDirError",
     "Policy",
     "answer_clusters",
     "default_ks",
@@ -37,9 +46,11 @@ __all__ = [
     "load_eval_set",
     "load_eval_sets",
     "load_policy",
+    "load_run_config",
     "maj_at_k",
     "majority_index",
     "mean_pass_at_k",
+    "params_fingerprint",
     "pass_at_k",
     "read_outputs",
     "reflection_counts",
@@ -47,5 +58,6 @@ __all__ = [
     "restore_params",
     "run_benchmarks",
     "summarize",
+    "tokenizer_path",
     "valid_names",
 ]

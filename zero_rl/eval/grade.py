@@ -19,10 +19,10 @@ from typing import Any
 from tqdm import tqdm
 
 from zero_rl.data import BENCHMARKS
-from zero_rl.eval.harness import GRADING_KEYS, write_summary
+from zero_rl.eval.harness import GRADING_KEYS
 from zero_rl.eval.sets import ALIASES, prompt_id
-from zero_rl.eval.store import GENERATIONS, write_jsonl
-from zero_rl.eval.summary import graded_record, summarize
+from zero_rl.eval.store import GenerationStore
+from zero_rl.eval.summary import earlier_results, graded_record, summarize, write_summary
 from zero_rl.rewards import RewardConfig, VerifierPool, normalize_gold, score
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.metrics import SummaryWriter
@@ -154,13 +154,18 @@ def grade_outputs(
     source: str | None = None,
 ) -> dict[str, Any]:
     """Grades outputs and writes what `run_benchmarks` writes: `out_dir/<benchmark>/
-    generations.jsonl` with verdicts and `out_dir/summary.json`.
+    generations.jsonl` with verdicts, its `settings.json` ({"graded_from", "grading"}) and
+    `out_dir/summary.json` (with the graded benchmarks of earlier calls there).
+
+    Grading again with the same source and rules rewrites a benchmark's generations; a
+    directory holding other generations (from `run_benchmarks`, another file, other rules) is
+    an `OutputDirError`, raised before anything is written.
 
     Args:
       outputs: an outputs file (see the module doc), or `read_outputs`'s result for one.
       benchmark, dataset: as for `read_outputs`, when `outputs` is a path.
       tokenizer: fills in `length` for lines without one; otherwise lengths stay unknown.
-      source: where the outputs came from, for the summary (default: the path given).
+      source: where the outputs came from, for the settings (default: the path given).
 
     Returns:
       The summary dict, laid out as `run_benchmarks`'s.
@@ -169,16 +174,19 @@ def grade_outputs(
     if isinstance(outputs, str):
         source = source or os.path.abspath(outputs)
         outputs = read_outputs(outputs, benchmark=benchmark, dataset=dataset)
+    settings = {
+        "graded_from": source,
+        "grading": {k: getattr(reward, k) for k in GRADING_KEYS},
+    }
+    earlier_results(out_dir, list(outputs), settings)
+    stores = {name: GenerationStore(os.path.join(out_dir, name), settings) for name in outputs}
     summaries = {}
     for name, rows in outputs.items():
         bar = tqdm(total=len(rows), desc=name, unit="resp", file=sys.stderr, disable=not progress)
         with bar:
             records = _graded_records(rows, reward, pool, tokenizer, bar)
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-        write_jsonl(os.path.join(out_dir, name, GENERATIONS), records)
-        summaries[name] = summarize(records, ks=ks)
-    settings = {
-        "graded_from": source,
-        "grading": {k: getattr(reward, k) for k in GRADING_KEYS},
-    }
-    return write_summary(out_dir, summaries, settings, step=step, writer=writer)
+        summaries[name] = summarize(records, ks=ks)  # a bad k fails before the file changes
+        stores[name].replace(records)
+    return write_summary(
+        out_dir, summaries, dict.fromkeys(summaries, settings), step=step, writer=writer
+    )

@@ -3,7 +3,8 @@
 For each benchmark: generate in fixed-shape batches, grade with the rule-based verifier, append
 every graded response to `out_dir/<benchmark>/generations.jsonl`, and summarise from those
 records into `out_dir/summary.json` (and TensorBoard scalars `eval/<benchmark>/<metric>`).
-A rerun skips the problems already in the JSONL, so an interrupted evaluation resumes.
+A rerun skips the problems already in the JSONL, so an interrupted evaluation resumes; the
+policy's parameter fingerprint is part of the settings a resume must match.
 
 Grading and writing of a batch run on a host thread while the device generates the next batch.
 """
@@ -15,7 +16,7 @@ import dataclasses
 import os
 import sys
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,15 +26,15 @@ from tqdm import tqdm
 from zero_rl import sampler
 from zero_rl.data import Example, apply_template, get_template
 from zero_rl.data.templates import cut_at_stop_string, stop_token_ids
+from zero_rl.eval.policy import params_fingerprint
 from zero_rl.eval.sets import EvalSet, load_eval_set
-from zero_rl.eval.store import GenerationStore, write_json
-from zero_rl.eval.summary import graded_record, scalars, summarize
+from zero_rl.eval.store import GenerationStore
+from zero_rl.eval.summary import earlier_results, graded_record, summarize, write_summary
 from zero_rl.rewards import RewardConfig, VerifierPool, score
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.metrics import SummaryWriter
 from zero_rl.train.rollout import encode_batch
 
-SUMMARY = "summary.json"
 # The RewardConfig fields that change a verdict (the reward values do not enter the records).
 GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
 
@@ -64,9 +65,26 @@ class _Run:
     decode_segments: int = 1
 
 
-def _check_prompt_lengths(
+def check_sampling(num_samples: int, temperature: float, ks: Sequence[int] | None) -> None:
+    """Raises ValueError for sampling settings that cannot give what they ask for."""
+    if num_samples < 1:
+        raise ValueError(f"need num_samples >= 1, got {num_samples}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature == 0 and num_samples > 1:
+        raise ValueError(
+            f"temperature 0 is greedy decoding: all {num_samples} samples of a problem would be "
+            "the same; use num_samples=1, or a temperature above 0 for pass@k / maj@k / avg@k"
+        )
+    if ks is not None and not all(1 <= k <= num_samples for k in ks):
+        raise ValueError(f"ks={list(ks)} must lie in [1, num_samples={num_samples}]")
+
+
+def check_prompt_lengths(
     eval_set: EvalSet, tokenizer: Tokenizer, template: str, max_prompt_len: int
 ) -> None:
+    """Raises ValueError, naming the longest, if a prompt of `eval_set` rendered with
+    `template` has more than `max_prompt_len` tokens."""
     texts = [apply_template(template, ex.prompt) for ex in eval_set.examples]
     lengths = [len(ids) for ids in tokenizer.batch_encode(texts, add_bos=tokenizer.add_bos_default)]
     if max(lengths) > max_prompt_len:
@@ -153,17 +171,26 @@ def _grade(run, examples, template, tokens_bn, lengths_b, stopped_b) -> list[dic
 def _evaluate_set(
     run: _Run, eval_set: EvalSet, template: str, store: GenerationStore, rng, progress: bool
 ) -> list[dict[str, Any]]:
-    """Generates what `store` lacks of `eval_set` and returns all its records, in order."""
+    """Generates what `store` lacks of `eval_set` and returns all its records, in order.
+
+    Batches are always the set's consecutive slices of `batch_size` problems, and a batch
+    with any problem missing is generated whole (keeping only the missing problems' records):
+    its rows and random key are then those of an uninterrupted run, so a resumed run gives
+    the same samples, whatever problems a crash cut off.
+    """
     done = store.load(run.num_samples)
     if jax.process_count() > 1:  # every host must see the same file before any writes to it
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"zero_rl.eval.load.{eval_set.name}")
-    todo = [(i, ex) for i, ex in enumerate(eval_set.examples) if ex.id not in done]
-    total = len(eval_set.examples) * run.num_samples
+    examples = eval_set.examples
+    starts = range(0, len(examples), run.batch_size)
+    missing = {s: [i for i in range(s, min(s + run.batch_size, len(examples)))
+                   if examples[i].id not in done] for s in starts}  # fmt: skip
+    total = len(examples) * run.num_samples
     bar = tqdm(
         total=total,
-        initial=total - len(todo) * run.num_samples,
+        initial=total - sum(map(len, missing.values())) * run.num_samples,
         desc=eval_set.name,
         unit="resp",
         file=sys.stderr,
@@ -180,18 +207,20 @@ def _evaluate_set(
 
     with bar, concurrent.futures.ThreadPoolExecutor(max_workers=1) as grader:
         pending = None
-        for start in range(0, len(todo), run.batch_size):
-            chunk = todo[start : start + run.batch_size]
-            batch = [ex for _, ex in chunk]
-            # Keyed by the batch's first problem's position in the set, so a resumed run draws
-            # the same samples as an uninterrupted one (its batches start at the same places).
-            outputs = _generate(run, batch, template, jax.random.fold_in(rng, chunk[0][0]))
+        for start, todo in missing.items():
+            if not todo:
+                continue
+            batch = examples[start : start + run.batch_size]
+            # Keyed by the batch's first problem's position in the set: the same key on resume.
+            outputs = _generate(run, batch, template, jax.random.fold_in(rng, start))
+            rows = [(i - start) * run.num_samples + n for i in todo for n in range(run.num_samples)]
+            outputs = tuple(x[rows] for x in outputs)
             if pending is not None:
                 pending.result()  # at most one batch waits for grading
-            pending = grader.submit(finish, batch, outputs)
+            pending = grader.submit(finish, [examples[i] for i in todo], outputs)
         if pending is not None:
             pending.result()
-    return [record for ex in eval_set.examples for record in done[ex.id]]
+    return [record for ex in examples for record in done[ex.id]]
 
 
 def run_benchmarks(
@@ -220,6 +249,7 @@ def run_benchmarks(
     step: int = 0,
     progress: bool = True,
     decode_segments: int = 1,
+    policy_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a policy on benchmarks; writes generations, summary.json and TB scalars.
 
@@ -230,31 +260,34 @@ def run_benchmarks(
       out_dir: gets `<benchmark>/generations.jsonl`, `<benchmark>/settings.json` and
         `summary.json`. Problems already in a benchmark's JSONL are not generated again, so
         use one out_dir per policy (e.g. `workdir/eval/step_<n>` in training); generations
-        made with other settings or at another `step` make the call fail.
+        made with other settings, at another `step` or by another policy make the call fail
+        (`OutputDirError`), before anything is generated. Benchmarks evaluated in out_dir by
+        earlier calls stay in its summary.json.
       template: prompt template name (`zero_rl.data.TEMPLATES`).
-      num_samples: responses per problem; temperature 0 is greedy (then use 1 sample).
+      num_samples: responses per problem; temperature 0 is greedy and needs 1 sample.
       batch_size: problems per sampler call, a fixed shape (batch_size * num_samples rows);
         a multiple of the batch-sharding devices when `batch_sharding` is given.
       stop_token_ids: default `default_stop_token_ids(tokenizer, template)`.
       reward: grading rules (`RewardConfig()` by default); pool: verifier pool (default: the
         module-level one).
-      seed: sampling seed; the samples of a problem depend on it and on the batch layout.
+      seed: sampling seed; the samples of a problem depend on it and on `batch_size` (a
+        resumed run with the same batch_size draws the same samples as an uninterrupted one).
       limit: evaluate the first `limit` problems of each benchmark.
       ks: the k of pass@k / maj@k (default 1, 2, 4, ... up to num_samples).
       writer, step: TensorBoard writer and the step to log at (periodic eval in training).
+      policy_id: what identifies the policy in the settings a resume must match; default
+        `params_fingerprint(params)` (one pass over the params on their devices).
 
     Returns:
-      {"step", "settings", "benchmarks": {name: summary (see `summarize`)}, "average":
-      {"accuracy": mean over benchmarks}}, also written to `out_dir/summary.json`.
+      {"step", "settings": {name: settings}, "benchmarks": {name: summary (see
+      `summarize`)}, "average": {"accuracy": mean over benchmarks}}, as written to
+      `out_dir/summary.json` (with the benchmarks of earlier calls there).
     """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(
-            f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}"
-        )
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    check_sampling(num_samples, temperature, ks)
     if not benchmarks:
         raise ValueError("run_benchmarks got no benchmarks")
-    if ks is not None and not all(1 <= k <= num_samples for k in ks):
-        raise ValueError(f"ks={list(ks)} must lie in [1, num_samples={num_samples}]")
     get_template(template)
     reward = reward or RewardConfig()
     sets = [b if isinstance(b, EvalSet) else load_eval_set(b, limit=limit) for b in benchmarks]
@@ -264,7 +297,7 @@ def run_benchmarks(
     if len(set(names)) != len(names):
         raise ValueError(f"benchmark names repeat: {names}")
     for eval_set in sets:  # fail now, not at the 900th problem of the third benchmark
-        _check_prompt_lengths(eval_set, tokenizer, eval_set.template or template, max_prompt_len)
+        check_prompt_lengths(eval_set, tokenizer, eval_set.template or template, max_prompt_len)
     is_main = jax.process_index() == 0
     run = _Run(
         graphdef=graphdef,
@@ -292,10 +325,14 @@ def run_benchmarks(
         "max_new_tokens": max_new_tokens,
         "max_prompt_len": max_prompt_len,
         "seed": seed,
-        "step": int(step),  # the policy: a new step must not resume an older step's responses
+        # The policy: resuming must never mix two policies' responses (every HF model is at
+        # step 0, so the step alone does not tell them apart).
+        "step": int(step),
+        "policy": params_fingerprint(params) if policy_id is None else str(policy_id),
         "grading": {k: getattr(reward, k) for k in GRADING_KEYS},
     }
-    summaries = {}
+    earlier_results(out_dir, names, settings)  # another policy's results: fail before work
+    plans = []  # every set's store is checked before any generation
     for eval_set in sets:
         set_template = eval_set.template or template
         set_stop_ids = tuple(
@@ -303,65 +340,18 @@ def run_benchmarks(
             if stop_token_ids is None
             else stop_token_ids
         )
-        set_run = dataclasses.replace(run, stop_token_ids=set_stop_ids)
         set_settings = settings | {"template": set_template, "stop_token_ids": list(set_stop_ids)}
         store = GenerationStore(
             os.path.join(out_dir, eval_set.name), set_settings, writable=is_main
         )
+        plans.append((eval_set, set_template, set_stop_ids, set_settings, store))
+    summaries = {}
+    for eval_set, set_template, set_stop_ids, _, store in plans:
+        set_run = dataclasses.replace(run, stop_token_ids=set_stop_ids)
         rng = jax.random.fold_in(jax.random.key(seed), zlib.crc32(eval_set.name.encode()))
         records = _evaluate_set(set_run, eval_set, set_template, store, rng, progress)
         summaries[eval_set.name] = summarize(records, ks=ks)
     return write_summary(
-        out_dir, summaries, settings | {"template": template}, step=step, writer=writer,
+        out_dir, summaries, {plan[0].name: plan[3] for plan in plans}, step=step, writer=writer,
         is_main=is_main,
     )  # fmt: skip
-
-
-def write_summary(
-    out_dir: str,
-    summaries: Mapping[str, Mapping[str, Any]],
-    settings: Mapping[str, Any],
-    *,
-    step: int,
-    writer: SummaryWriter | None = None,
-    is_main: bool = True,
-) -> dict[str, Any]:
-    """The summary of several benchmarks, with their mean accuracy (SimpleRL-Zoo's "Avg."),
-    written to `out_dir/summary.json` and, with a writer, to TensorBoard."""
-    summary = {
-        "step": int(step),
-        "settings": dict(settings),
-        "benchmarks": dict(summaries),
-        "average": {"accuracy": float(np.mean([s["accuracy"] for s in summaries.values()]))},
-    }
-    if is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        write_json(os.path.join(out_dir, SUMMARY), summary)
-    if writer is not None:
-        tb = scalars(summaries) | {"eval/average/accuracy": summary["average"]["accuracy"]}
-        writer.scalars(step, tb)
-        writer.flush()
-    return summary
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """A short table of the headline numbers, one benchmark per line ("-": unknown)."""
-
-    def number(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    lines = []
-    for name, s in summary["benchmarks"].items():
-        estimates = " ".join(
-            f"{k} {v:.3f}"
-            for k, v in s.items()
-            if k.startswith(("pass@", "maj@")) and k != "pass@1"  # pass@1 is about acc
-        )
-        lines.append(
-            f"{name:<16} acc {s['accuracy']:.3f} {estimates} "
-            f"len {number(s['mean_length'], '.0f')} trunc {number(s['truncated_ratio'], '.2f')} "
-            f"boxed {s['boxed_ratio']:.2f} refl {s['reflection_ratio']:.2f} "
-            f"rep {s['repetition_ratio']:.2f} (n={s['num_problems']})"
-        )
-    lines.append(f"{'average':<16} acc {summary['average']['accuracy']:.3f}")
-    return "\n".join(lines)

@@ -4,6 +4,7 @@ repetition), all host-side NumPy / Python on graded responses."""
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,11 @@ REPETITION_TAIL_CHARS = 2000
 REPETITION_NGRAM = 20
 REPETITION_MIN_REPEATS = 3
 REPETITION_MIN_COVERAGE = 0.8
+
+# Whole words, any case, as the trainer's `has_reflection`: "waiter" or "retrying" do not count.
+_REFLECTION_WORD_RES = {
+    word: re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE) for word in REFLECTION_WORDS
+}
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -104,10 +110,9 @@ def maj_at_k(labels: Sequence[int | None], correct: Sequence[bool], k: int) -> b
 
 
 def reflection_counts(text: str) -> dict[str, int]:
-    """Occurrences of each of SimpleRL-Zoo's reflection keywords (`REFLECTION_WORDS`),
-    case-insensitive substrings, the same matching as the trainer's `has_reflection`."""
-    lowered = text.lower()
-    return {word: lowered.count(word) for word in REFLECTION_WORDS}
+    """Occurrences of each of SimpleRL-Zoo's reflection keywords (`REFLECTION_WORDS`) as whole
+    words in any case, the same matching as the trainer's `has_reflection`."""
+    return {word: len(pattern.findall(text)) for word, pattern in _REFLECTION_WORD_RES.items()}
 
 
 def repetition_coverage(

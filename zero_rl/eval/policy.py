@@ -1,15 +1,19 @@
 """The policy to evaluate: parameters from a trainer checkpoint or an HF model directory, the
-model config they belong to, and the tokenizer."""
+run config and model config they belong to, the tokenizer, and a fingerprint that tells one
+policy's parameters from another's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -21,6 +25,7 @@ from zero_rl.tokenizer import Tokenizer, load_tokenizer
 from zero_rl.train import config as config_lib
 
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_addition.model")
+TINY_VOCAB_SIZE = 48  # of TINY_TOKENIZER
 
 
 class Policy(NamedTuple):
@@ -31,6 +36,7 @@ class Policy(NamedTuple):
     tokenizer: Tokenizer
     step: int
     source: str  # where it came from, for logs
+    fingerprint: str  # `params_fingerprint(params)`: what a resumed evaluation must match
 
 
 def checkpoint_directory(path: str) -> str:
@@ -146,6 +152,104 @@ def run_model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer) ->
     return config_lib.model_config(config, tokenizer.vocab_size)
 
 
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a trainer run was started with, read back from `workdir/config.json`.
+
+    The saved values go over today's defaults (`base_config()`), so a key added to the schema
+    since the run has its default. The result is unlocked, to be changed before use.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir!r} is not a run directory: it has no config.json")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        is_hf = isinstance(saved, dict) and "model_type" in saved
+        hint = " (an HF model's config? use --hf_model)" if is_hf else ""
+        raise ValueError(f"{path} is not a trainer run's config{hint}: it has no model section")
+    config = config_lib.base_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(node: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> None:
+    for key, value in saved.items():
+        if isinstance(node.get(key), ml_collections.ConfigDict) and isinstance(value, dict):
+            _overlay(node[key], value)
+        else:
+            node[key] = value
+
+
+# The config keys that decide which parameters and tokenizer a checkpoint is read with.
+POLICY_CONFIG_KEYS = (
+    "model.preset", "model.dims", "model.hf_path", "tokenizer.path", "rl.estimator", "rl.critic",
+)  # fmt: skip
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for name in key.split("."):
+        node = node[name]
+    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
+def policy_config_conflicts(
+    saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict
+) -> list[str]:
+    """ "key: saved value vs given value" for each `POLICY_CONFIG_KEYS` entry that differs."""
+    return [
+        f"{key}: {_get(saved, key)!r} vs {_get(given, key)!r}"
+        for key in POLICY_CONFIG_KEYS
+        if _get(saved, key) != _get(given, key)
+    ]
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """`config.<dotted key> = value`, as a `--config.a.b=v` override sets it."""
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def saved_run_directory(checkpoint: str) -> str | None:
+    """The trainer workdir behind `checkpoint` (the workdir or its `checkpoints` directory)
+    when it holds the run's `config.json`, else None (checkpoints copied on their own)."""
+    path = os.path.abspath(checkpoint)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    parent = os.path.dirname(path)
+    if os.path.basename(path) == "checkpoints" and os.path.isfile(
+        os.path.join(parent, "config.json")
+    ):
+        return parent
+    return None
+
+
+def tokenizer_path(config: ml_collections.ConfigDict, hf_model: str | None = None) -> str:
+    """Where the policy's tokenizer is: `config.tokenizer.path`, else the HF directory
+    (`hf_model`, then `config.model.hf_path`), else - for a custom `model.dims` model without a
+    vocabulary size of its own, as the tiny config is - the tiny addition tokenizer the trainer
+    uses. A preset model without a tokenizer is an error, not a silent tiny vocabulary."""
+    path = config.tokenizer.path or hf_model or config.model.hf_path
+    if path:
+        return path
+    if config.model.preset:
+        raise ValueError(
+            f"no tokenizer for model.preset={config.model.preset!r}: set "
+            "--config.tokenizer.path=... or --config.model.hf_path=... (the HF model the run "
+            "started from); the built-in tiny tokenizer only fits the tiny model"
+        )
+    vocab = config.model.dims.get("vocab_size")
+    if vocab is not None and vocab != TINY_VOCAB_SIZE:
+        raise ValueError(
+            f"no tokenizer for a model.dims model with vocab_size={vocab}: set "
+            f"--config.tokenizer.path=...; the built-in tiny tokenizer has {TINY_VOCAB_SIZE}"
+        )
+    return TINY_TOKENIZER
+
+
 def load_policy(
     config: ml_collections.ConfigDict,
     *,
@@ -154,12 +258,11 @@ def load_policy(
     step: int | None = None,
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
+    tokenizer: Tokenizer | None = None,
 ) -> Policy:
-    """The policy in exactly one of a trainer checkpoint (with the run's `config`) or an HF
-    model directory (with `config.model.dtype` / `param_dtype`).
-
-    The tokenizer is `config.tokenizer.path`, else the HF directory's (`hf_model`, then
-    `config.model.hf_path`), else the tiny config's.
+    """The policy in exactly one of a trainer checkpoint (with the run's `config`, e.g.
+    `load_run_config(workdir)`) or an HF model directory (with `config.model.dtype` /
+    `param_dtype`). The tokenizer is `tokenizer_path(config, hf_model)`'s, unless given.
     """
     if (checkpoint is None) == (hf_model is None):
         raise ValueError("give exactly one of a checkpoint directory or an HF model directory")
@@ -167,18 +270,63 @@ def load_policy(
         raise ValueError("a step applies to a trainer checkpoint, not to an HF model")
     if hf_model is not None and not os.path.isdir(hf_model):
         raise FileNotFoundError(f"HF model directory {hf_model!r} does not exist")
-    tokenizer = load_tokenizer(
-        config.tokenizer.path or hf_model or config.model.hf_path or TINY_TOKENIZER
-    )
+    if tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_path(config, hf_model))
     if hf_model is not None:
         _read_hf_config(hf_model)  # a clear error before from_hf's
         model = from_hf(hf_model, mesh=mesh, rules=rules, dtype=config.model.dtype,
                         param_dtype=config.model.param_dtype)  # fmt: skip
         graphdef, params = nnx.split(model)
-        return Policy(graphdef, params, tokenizer, 0, f"HF model {os.path.abspath(hf_model)}")
+        source = f"HF model {os.path.abspath(hf_model)}"
+        return Policy(graphdef, params, tokenizer, 0, source, params_fingerprint(params))
     model_cfg = run_model_config(config, tokenizer)
     step, graphdef, params = restore_params(
         checkpoint, model_cfg, step=step, mesh=mesh, rules=rules
     )
     source = f"checkpoint {os.path.abspath(checkpoint)} step {step}"
-    return Policy(graphdef, params, tokenizer, step, source)
+    return Policy(graphdef, params, tokenizer, step, source, params_fingerprint(params))
+
+
+# Odd multipliers (Knuth's and two other 32-bit golden-ratio-like constants): multiplication by
+# an odd number is invertible mod 2**32, so changing any one element always changes its sum.
+_MULTIPLIERS = (2654435761, 2246822519, 3266489917)
+
+
+def _leaf_sums(x: jax.Array) -> jax.Array:
+    """Two position-weighted sums mod 2**32 of the bits of `x`: [2] uint32."""
+    if x.dtype.itemsize not in (1, 2, 4):
+        raise ValueError(f"params_fingerprint: unsupported dtype {x.dtype}")
+    bits = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[
+        x.dtype.itemsize]).astype(jnp.uint32)  # fmt: skip
+    # Flat index from one iota per axis, not a reshape: a reshape could regather a sharded leaf.
+    index = jnp.zeros(x.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(x.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride)
+        stride = (stride * x.shape[axis]) % (1 << 32)
+    a, b, c = (jnp.uint32(m) for m in _MULTIPLIERS)
+    weight = index * a | jnp.uint32(1)  # odd, and different per position
+    mixed = (bits ^ (bits >> 15)) * c  # so that a bit and its neighbour do not cancel out
+    return jnp.stack([jnp.sum(bits * weight), jnp.sum((mixed + index * b) * weight)])
+
+
+@jax.jit
+def _all_leaf_sums(params):
+    return jax.tree.map(_leaf_sums, params)
+
+
+def params_fingerprint(params: nnx.State) -> str:
+    """A 16-hex-digit fingerprint of parameter values, names, shapes and dtypes.
+
+    Exact integer sums of the values' bits, so the same parameters give the same fingerprint
+    on any mesh or sharding, and any changed element changes it; one pass over the
+    parameters on their devices (no copy to the host).
+    """
+    sums = _all_leaf_sums(params)
+    digest = hashlib.sha256()
+    for (path, leaf), (_, leaf_sums) in zip(nnx.to_flat_state(params), nnx.to_flat_state(sums)):
+        value = leaf.get_value() if hasattr(leaf, "get_value") else leaf
+        digest.update(f"{'/'.join(map(str, path))}:{value.shape}:{value.dtype}:".encode())
+        local = leaf_sums.get_value() if hasattr(leaf_sums, "get_value") else leaf_sums
+        digest.update(np.asarray(local.addressable_data(0)).tobytes())
+    return digest.hexdigest()[:16]

@@ -16,6 +16,11 @@ GENERATIONS = "generations.jsonl"
 SETTINGS = "settings.json"
 
 
+class OutputDirError(ValueError):
+    """An output directory holds results that this call must not mix with its own (another
+    policy's, other settings', or of unknown origin); the message says how to go on."""
+
+
 def write_json(path: str, value: Any) -> None:
     """Writes JSON atomically (temporary file, then rename): never a half-written file."""
     tmp = f"{path}.tmp"
@@ -50,6 +55,11 @@ class GenerationStore:
         self.writable = writable
         settings_path = os.path.join(directory, SETTINGS)
         settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
+        if os.path.isfile(self.path) and not os.path.isfile(settings_path):
+            raise OutputDirError(
+                f"{directory} holds {GENERATIONS} without {SETTINGS}, so what made them is "
+                "unknown; use another output directory, or delete it to start over"
+            )
         if os.path.isfile(settings_path):
             with open(settings_path, encoding="utf-8") as f:
                 previous = json.load(f)
@@ -60,7 +70,7 @@ class GenerationStore:
                 details = ", ".join(
                     f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed
                 )
-                raise ValueError(
+                raise OutputDirError(
                     f"{directory} holds generations made with other settings ({details}); "
                     "use another output directory, or delete it to start over"
                 )
@@ -71,7 +81,7 @@ class GenerationStore:
     def load(self, num_samples: int) -> dict[str, list[dict[str, Any]]]:
         """Complete problems already on disk: id -> its `num_samples` records in sample order.
 
-        Raises ValueError on a malformed line before the last, or on more samples of a problem
+        Raises OutputDirError on a malformed line before the last, or on more samples of a problem
         than `num_samples` (the file was written by something else).
         """
         if not os.path.isfile(self.path):
@@ -88,7 +98,9 @@ class GenerationStore:
                 if number == len(lines):  # an append cut short by a crash
                     torn = True
                     break
-                raise ValueError(f"{self.path}:{number}: {e}; delete the file to start over") from e
+                raise OutputDirError(
+                    f"{self.path}:{number}: {e}; delete the file to start over"
+                ) from e
             records.append(record)
         groups: dict[str, list[dict[str, Any]]] = {}
         for record in records:
@@ -96,7 +108,7 @@ class GenerationStore:
         for problem_id, group in groups.items():
             samples = sorted(r["sample"] for r in group)
             if len(group) > num_samples or samples != list(range(len(group))):
-                raise ValueError(
+                raise OutputDirError(
                     f"{self.path}: problem {problem_id!r} has samples {samples}, expected "
                     f"0..{num_samples - 1}; the file was not written by this run"
                 )
@@ -117,3 +129,8 @@ class GenerationStore:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
+
+    def replace(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Writes `records` as the whole file, atomically (grading rewrites all of it)."""
+        if self.writable:
+            write_jsonl(self.path, records)

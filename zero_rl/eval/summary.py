@@ -1,16 +1,27 @@
 """One benchmark's numbers from its graded generations (the JSONL records), so a summary can
-always be recomputed from the file: after a resume, or for outputs of another engine."""
+always be recomputed from the file: after a resume, or for outputs of another engine; and the
+`summary.json` of an output directory, which gathers the benchmarks of every call made there.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from zero_rl.eval import metrics
+from zero_rl.eval.store import GENERATIONS, OutputDirError, write_json
 from zero_rl.rewards import Verdict
-from zero_rl.train.rollout import REFLECTION_WORDS, has_reflection
+from zero_rl.train.metrics import SummaryWriter
+from zero_rl.train.rollout import REFLECTION_WORDS
+
+SUMMARY = "summary.json"
+# The settings that identify the policy: benchmarks of one summary.json must agree on them.
+# Graded outputs have neither (their engine's model is unknown), so they go with each other.
+POLICY_KEYS = ("policy", "step")
 
 # One line of generations.jsonl per response; `length`/`truncated` may be null for outputs
 # graded without their token counts.
@@ -126,7 +137,7 @@ def summarize(records: Sequence[Mapping[str, Any]], *, ks: Sequence[int] | None 
         "truncated_ratio": _mean(truncated),
         "boxed_ratio": float(np.mean([bool(r["boxed"]) for r in records])),
         "no_answer_ratio": float(np.mean([r["extracted"] is None for r in records])),
-        "reflection_ratio": float(np.mean([has_reflection(t) for t in texts])),
+        "reflection_ratio": float(np.mean([any(c.values()) for c in counts])),
         "reflection_words_per_response": {
             word: float(np.mean([c[word] for c in counts])) for word in REFLECTION_WORDS
         },
@@ -145,3 +156,103 @@ def scalars(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
             if wanted and value is not None:
                 out[f"eval/{name}/{key}"] = float(value)
     return out
+
+
+def _policy(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: settings.get(k) for k in POLICY_KEYS}
+
+
+def earlier_results(
+    out_dir: str, names: Sequence[str], policy_settings: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({benchmark: summary}, {benchmark: settings}) of `out_dir/summary.json` for the
+    benchmarks other than `names` whose generations are still on disk.
+
+    Raises OutputDirError when one of them was made by another policy (`POLICY_KEYS` of
+    `policy_settings` differ): one summary.json must not average two policies.
+    """
+    path = os.path.join(out_dir, SUMMARY)
+    if not os.path.isfile(path):
+        return {}, {}
+    with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    summaries, settings = {}, {}
+    wanted = _policy(json.loads(json.dumps(policy_settings)))
+    for name, summary in previous.get("benchmarks", {}).items():
+        saved = previous.get("settings", {}).get(name)
+        if name in names or not isinstance(saved, dict):  # redone now, or an older layout
+            continue
+        if not os.path.isfile(os.path.join(out_dir, name, GENERATIONS)):
+            continue  # deleted since
+        if _policy(saved) != wanted:
+            raise OutputDirError(
+                f"{out_dir} holds results of another policy ({name}: {_policy(saved)}, this "
+                f"call: {wanted}); use one output directory per policy"
+            )
+        summaries[name], settings[name] = summary, saved
+    return summaries, settings
+
+
+def write_summary(
+    out_dir: str,
+    summaries: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Mapping[str, Any]],
+    *,
+    step: int,
+    writer: SummaryWriter | None = None,
+    is_main: bool = True,
+) -> dict[str, Any]:
+    """Writes `out_dir/summary.json`: these benchmarks and those of earlier calls in `out_dir`
+    (`earlier_results`), with their mean accuracy (SimpleRL-Zoo's "Avg."); with a writer,
+    this call's benchmarks and the mean go to TensorBoard at `step`.
+
+    Args:
+      summaries: {benchmark: `summarize` result} of this call.
+      settings: {benchmark: what made its generations (its settings.json)}.
+
+    Returns:
+      {"step", "settings": {benchmark: settings}, "benchmarks": {benchmark: summary},
+      "average": {"accuracy"}}, benchmarks of earlier calls first.
+    """
+    if not summaries:
+        raise ValueError("write_summary got no benchmarks")
+    first = next(iter(settings.values()))
+    old_summaries, old_settings = earlier_results(out_dir, list(summaries), first)
+    all_summaries = old_summaries | dict(summaries)
+    summary = {
+        "step": int(step),
+        "settings": old_settings | {k: dict(v) for k, v in settings.items()},
+        "benchmarks": all_summaries,
+        "average": {"accuracy": float(np.mean([s["accuracy"] for s in all_summaries.values()]))},
+    }
+    if is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, SUMMARY), summary)
+    if writer is not None:
+        tb = scalars(summaries) | {"eval/average/accuracy": summary["average"]["accuracy"]}
+        writer.scalars(step, tb)
+        writer.flush()
+    return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short table of the headline numbers, one benchmark per line ("-": unknown)."""
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = []
+    for name, s in summary["benchmarks"].items():
+        estimates = " ".join(
+            f"{k} {v:.3f}"
+            for k, v in s.items()
+            if k.startswith(("pass@", "maj@")) and k != "pass@1"  # pass@1 is about acc
+        )
+        lines.append(
+            f"{name:<16} acc {s['accuracy']:.3f} {estimates} "
+            f"len {number(s['mean_length'], '.0f')} trunc {number(s['truncated_ratio'], '.2f')} "
+            f"boxed {s['boxed_ratio']:.2f} refl {s['reflection_ratio']:.2f} "
+            f"rep {s['repetition_ratio']:.2f} (n={s['num_problems']})"
+        )
+    lines.append(f"{'average':<16} acc {summary['average']['accuracy']:.3f}")
+    return "\n".join(lines)
