@@ -17,7 +17,9 @@ from zero_rl.rl import (
     kl_penalty_token_rewards,
     last_token_mask,
     masked_whiten,
+    reinforce_pp_advantages,
     reinforce_pp_token_advantages,
+    reward_stats,
     sequence_mean_bt,
     value_loss,
     zero_signal_groups,
@@ -315,6 +317,114 @@ def test_reinforce_pp_token_advantages_match_numpy():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for got, want in zip(_per_sequence(packed_adv, packed_positions), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reward_stats_count_only_real_groups():
+    rewards_pg = jnp.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [7.0, 7.0]])
+    stats = reward_stats(rewards_pg, jnp.array([1.0, 1.0, 1.0, 0.0]))
+    # Real rewards 1, 1, 1, 0, 0, 0: mean 1/2, std 1/2; groups 0 and 2 are all equal.
+    np.testing.assert_allclose(
+        [stats[k] for k in ("reward_mean", "reward_std", "zero_signal_groups", "zero_signal_frac")],
+        [0.5, 0.5, 2.0, 2 / 3],
+        rtol=1e-6,
+    )
+
+
+# Two prompts x two samples; responses of 2, 1, 1 and 2 tokens in 3 columns; KL 0.1 per token.
+RPP_REWARDS_PG = np.array([[1.0, 0.0], [1.0, 1.0]])
+RPP_MASK_BT = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+
+
+# Jitted: op-by-op dispatch of the scan and reductions costs more than one compile.
+_reinforce_pp_jit = jax.jit(
+    reinforce_pp_advantages, static_argnames=("estimator", "kl_coef", "gamma", "eps")
+)
+
+
+def _whitened(returns_bt, mask_bt):
+    counted = np.asarray(returns_bt)[mask_bt > 0]
+    return np.where(mask_bt > 0, (returns_bt - counted.mean()) / counted.std(), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "returns_bt"),
+    [
+        # Token rewards -0.1 and, last token, r - 0.1; returns with gamma 0.5:
+        #   row 0: -0.1 + 0.5 * 0.9 = 0.35, 0.9;  rows 1, 2: -0.1, 0.9;  row 3: 0.35, 0.9.
+        ("reinforce_pp", [[0.35, 0.9, 0], [-0.1, 0, 0], [0, 0.9, 0], [0.35, 0.9, 0]]),
+        # Group-centred rewards 0.5, -0.5 and (all equal) 0, 0:
+        #   row 0: -0.1 + 0.5 * 0.4 = 0.1, 0.4;  row 1: -0.6;  row 2: -0.1;  row 3: -0.15, -0.1.
+        ("reinforce_pp_baseline", [[0.1, 0.4, 0], [-0.6, 0, 0], [0, -0.1, 0], [-0.15, -0.1, 0]]),
+    ],
+)
+def test_reinforce_pp_advantages_by_hand(estimator, returns_bt):
+    kl_bt = jnp.where(RPP_MASK_BT > 0, 0.1, jnp.nan)  # junk outside the mask is ignored
+    got = _reinforce_pp_jit(
+        jnp.asarray(RPP_REWARDS_PG), jnp.asarray(RPP_MASK_BT), estimator=estimator, kl_bt=kl_bt,
+        kl_coef=1.0, gamma=0.5, eps=0.0,
+    )  # fmt: skip
+    expected = _whitened(np.asarray(returns_bt), RPP_MASK_BT)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _np_reinforce_pp(rewards_pg, kl_bt, mask_bt, group_mask_p, kl_coef, gamma, baseline, eps):
+    """Float64 REINFORCE++ per-token advantages, one response at a time."""
+    r = rewards_pg - rewards_pg.mean(1, keepdims=True) if baseline else rewards_pg
+    mask_bt = mask_bt * np.repeat(group_mask_p, rewards_pg.shape[1])[:, None]
+    returns_bt = np.zeros(mask_bt.shape)
+    for b, reward in enumerate(r.reshape(-1)):
+        times = np.flatnonzero(mask_bt[b])
+        token_rewards = -kl_coef * kl_bt[b, times]
+        if len(times):
+            token_rewards[-1] += reward
+        running = 0.0
+        for j in reversed(range(len(times))):
+            running = token_rewards[j] + gamma * running
+            returns_bt[b, times[j]] = running
+    counted = returns_bt[mask_bt > 0]
+    return np.where(mask_bt > 0, (returns_bt - counted.mean()) / (counted.std() + eps), 0.0)
+
+
+@pytest.mark.parametrize("estimator", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_reinforce_pp_advantages_match_float64_reference(estimator):
+    rng = np.random.default_rng(8)
+    prompts, group, time = 4, 3, 6
+    rewards_pg = rng.normal(size=(prompts, group))
+    rewards_pg[1] = 0.3  # all equal: 0 reward under the baseline
+    lengths = rng.integers(1, time + 1, size=prompts * group)
+    mask_bt = (np.arange(time)[None] < lengths[:, None]).astype(np.float64)
+    mask_bt[4, 0] = 0.0  # a masked hole inside a response
+    kl_bt = rng.uniform(-0.2, 0.5, size=mask_bt.shape)
+    group_mask_p = np.array([1.0, 1.0, 0.0, 1.0])  # a dynamic-sampling filler group
+    got = _reinforce_pp_jit(
+        jnp.asarray(rewards_pg, jnp.float32), jnp.asarray(mask_bt, jnp.float32),
+        estimator=estimator, kl_bt=jnp.asarray(kl_bt, jnp.float32), kl_coef=0.3, gamma=0.9,
+        eps=1e-6, group_mask_p=jnp.asarray(group_mask_p),
+    )  # fmt: skip
+    baseline = estimator == "reinforce_pp_baseline"
+    expected = _np_reinforce_pp(rewards_pg, kl_bt, mask_bt, group_mask_p, 0.3, 0.9, baseline, 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got)[6:9], 0.0)
+
+
+@pytest.mark.parametrize("estimator", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_reinforce_pp_per_token_equals_per_sample_for_equal_lengths_without_kl(estimator):
+    mask_bt = jnp.ones((12, 3))
+    got = _reinforce_pp_jit(jnp.asarray(REWARDS_PG), mask_bt, estimator=estimator)
+    per_sample_pg, _ = jax.jit(compute_advantages, static_argnames="estimator")(
+        jnp.asarray(REWARDS_PG), estimator=estimator
+    )
+    np.testing.assert_allclose(got, broadcast_to_tokens(per_sample_pg, mask_bt), atol=1e-5)
+
+
+def test_reinforce_pp_advantages_name_bad_inputs():
+    rewards_pg, mask_bt = jnp.zeros((2, 2)), jnp.ones((4, 3))
+    with pytest.raises(ValueError, match="unknown REINFORCE\\+\\+ estimator 'grpo'"):
+        reinforce_pp_advantages(rewards_pg, mask_bt, estimator="grpo")
+    with pytest.raises(ValueError, match=r"mask_bt has 3 rows but rewards_pg \(2, 2\) has 4"):
+        reinforce_pp_advantages(rewards_pg, mask_bt[:3])
+    with pytest.raises(ValueError, match="kl_coef=0.1 needs kl_bt"):
+        reinforce_pp_advantages(rewards_pg, mask_bt, kl_coef=0.1)
 
 
 def test_masked_whiten_by_hand():

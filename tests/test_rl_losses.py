@@ -76,14 +76,19 @@ def _layouts(sequences, prompt_lens, padded_len, packed_rows, packed_len, rng):
 
 
 def _random_sequences(rng, lengths, spread=0.3):
+    """Random sequences; the second has ratios near e^1.5 > dual_clip and negative advantages,
+    so the dual clip binds at token and at sequence level."""
     sequences = []
-    for length in lengths:
+    for i, length in enumerate(lengths):
         old = np.log(rng.uniform(0.05, 0.95, size=length))
+        shift, advantages = 0.0, np.full(length, rng.normal()) + rng.normal(scale=0.3, size=length)
+        if i == 1:
+            shift, advantages = 1.5, -1.0 - np.abs(advantages)
         sequences.append(
             {
-                "logprobs": old + rng.normal(scale=spread, size=length),
+                "logprobs": old + shift + rng.normal(scale=spread, size=length),
                 "old_logprobs": old,
-                "advantages": np.full(length, rng.normal()) + rng.normal(scale=0.3, size=length),
+                "advantages": advantages,
                 "ref_logprobs": old + rng.normal(scale=0.3, size=length),
                 "entropy": rng.uniform(0.1, 2.0, size=length),
                 "sampler_logprobs": old + rng.normal(scale=0.05, size=length),
@@ -125,12 +130,14 @@ def _np_kl(logp, ref, estimator, clamp):
     return kl if clamp is None else np.clip(kl, -clamp, clamp)
 
 
-def _np_aggregate(per_sequence_losses, mode, norm_len):
+def _np_aggregate(per_sequence_losses, mode, norm_len, num_sequences=None):
+    """`num_sequences`: Dr. GRPO's count of sequences, masked ones included."""
     if mode == "token_mean":
         return np.concatenate(per_sequence_losses).sum() / sum(map(len, per_sequence_losses))
     if mode == "seq_mean_token_mean":
         return np.mean([loss.mean() for loss in per_sequence_losses])
-    return np.mean([loss.sum() / norm_len for loss in per_sequence_losses])
+    num_sequences = num_sequences or len(per_sequence_losses)
+    return sum(loss.sum() for loss in per_sequence_losses) / (num_sequences * norm_len)
 
 
 def _np_policy_loss(sequences, c: LossConfig):
@@ -164,7 +171,12 @@ def _np_policy_loss(sequences, c: LossConfig):
         "ratio_min": all_ratios.min(),
         "clip_frac_low": np.mean((all_adv < 0) & (all_ratios < 1 - c.clip_low)),
         "clip_frac_high": np.mean((all_adv > 0) & (all_ratios > 1 + c.clip_high)),
+        "sampler_logprob_gap_mean": np.mean(
+            np.concatenate([np.abs(s["old_logprobs"] - s["sampler_logprobs"]) for s in sequences])
+        ),
     }
+    if c.dual_clip is not None:
+        metrics["dual_clip_frac"] = np.mean((all_adv < 0) & (all_ratios > c.dual_clip))
     loss = metrics["pg_loss"] + c.kl_coef * metrics["kl_loss"] - c.entropy_coef * agg(ent)
     return loss, metrics
 
@@ -187,9 +199,10 @@ CONFIG_GRID = [
         ("token", "token_mean", None, "k3", None, None, 0.2),
         ("token", "seq_mean_token_mean", 3.0, "k1", 0.5, 2.0, 0.1),
         ("token", "seq_mean_token_sum_norm", None, "k2", None, None, 0.2),
-        ("sequence", "token_mean", 3.0, "k3", 10.0, None, 0.2),
+        # GSPO is defined with the sequence-mean-token-mean aggregation only.
+        ("sequence", "seq_mean_token_mean", 3.0, "k3", 10.0, None, 0.2),
         ("sequence", "seq_mean_token_mean", None, "k1", None, 1.5, 0.2),
-        ("sequence", "seq_mean_token_sum_norm", 2.0, "k2", 0.1, None, 0.1),
+        ("sequence", "seq_mean_token_mean", 2.0, "k2", 0.1, None, 0.1),
     ]
 ]
 LENGTHS = (3, 5, 2, 4)
@@ -219,6 +232,15 @@ def test_config_from_mapping_and_is_hashable():
         ({"clip_low": 1.0}, "clip_low must be in"),
         ({"kl_clamp": 0.0}, "kl_clamp must be > 0"),
         ({"tis_cap": -1.0}, "tis_cap must be > 0"),
+        (
+            {"ratio_level": "sequence"},
+            r"ratio_level='sequence' \(GSPO\) needs aggregation='seq_mean_token_mean'; "
+            "got aggregation='token_mean'",
+        ),
+        (
+            {"ratio_level": "sequence", "aggregation": "seq_mean_token_sum_norm", "norm_len": 4},
+            "needs aggregation='seq_mean_token_mean'",
+        ),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -291,13 +313,31 @@ def test_bfloat16_inputs_are_computed_in_float32():
     np.testing.assert_allclose(loss, -ratios.mean(), rtol=1e-6)
 
 
+GSPO = LossConfig(ratio_level="sequence", aggregation="seq_mean_token_mean")
+
+
 def test_sequence_ratio_by_hand():
-    # GSPO: token log-ratios log 2 and log 0.5 average to 0, so the ratio is 1 on both tokens.
-    loss, m = _ratios_case(
-        [2.0, 0.5, 3.0], [1.0, 1.0, 1.0], LossConfig(ratio_level="sequence"), mask=[1.0, 1.0, 0.0]
+    # GSPO: token ratios 2 and 1 (a masked third, 3, does not count): s = exp((log 2 + 0) / 2)
+    # = sqrt(2) on both tokens (a summed log-ratio would give 2). With A = -1 nothing is
+    # clipped: each token's loss is sqrt(2).
+    ratios_bt = jnp.asarray([[2.0, 1.0, 3.0]])
+    old_bt = jnp.full((1, 3), -1.0)
+    mask_bt = jnp.asarray([[1.0, 1.0, 0.0]])
+    logprobs_bt = old_bt + jnp.log(ratios_bt)
+
+    def loss_fn(logprobs_bt, adv_bt):
+        return policy_loss(logprobs_bt, old_bt, adv_bt, mask_bt, config=GSPO)
+
+    (loss, m), grad_bt = jax.value_and_grad(loss_fn, has_aux=True)(
+        logprobs_bt, jnp.full((1, 3), -1.0)
     )
-    np.testing.assert_allclose(loss, -1.0, rtol=1e-6)
-    np.testing.assert_allclose([m["ratio_max"], m["ratio_min"]], [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(loss, math.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose([m["ratio_max"], m["ratio_min"]], [math.sqrt(2.0)] * 2, rtol=1e-6)
+    # GSPO-token: d loss / d log pi_t = -A_t * s / |y| = sqrt(2) / 2 on each counted token.
+    np.testing.assert_allclose(grad_bt, [[math.sqrt(0.5), math.sqrt(0.5), 0.0]], rtol=1e-6)
+    # Per-token advantages stay per token: A = (-1, -3) gives gradients (1, 3) * sqrt(2) / 2.
+    grad_bt = jax.grad(lambda x: loss_fn(x, jnp.asarray([[-1.0, -3.0, 5.0]]))[0])(logprobs_bt)
+    np.testing.assert_allclose(grad_bt, [[math.sqrt(0.5), 3 * math.sqrt(0.5), 0.0]], rtol=1e-6)
 
 
 def test_aggregation_modes_by_hand():
@@ -306,8 +346,9 @@ def test_aggregation_modes_by_hand():
     # The all-masked third row (an overlong or dropped response) counts nowhere.
     np.testing.assert_allclose(aggregate(loss_bt, mask_bt, mode="token_mean"), 10 / 4)
     np.testing.assert_allclose(aggregate(loss_bt, mask_bt, mode="seq_mean_token_mean"), 3.0)
+    # Dr. GRPO's normaliser is the constant rows x norm_len: the masked row counts there.
     got = aggregate(loss_bt, mask_bt, mode="seq_mean_token_sum_norm", norm_len=4)
-    np.testing.assert_allclose(got, (6 / 4 + 4 / 4) / 2)
+    np.testing.assert_allclose(got, (6 + 4) / (3 * 4))
     np.testing.assert_allclose(aggregate(loss_bt, 0 * mask_bt), 0.0)
     # Packed: the same two sequences in one row, with padding (segment 0) in between.
     packed_bt = jnp.array([[1.0, 2.0, 3.0, 7.0, 4.0]])
@@ -317,6 +358,18 @@ def test_aggregation_modes_by_hand():
         packed_bt, packed_mask_bt, mode="seq_mean_token_mean", segment_ids_bt=segments_bt
     )
     np.testing.assert_allclose(got, 3.0)
+    # Packed with a fully masked third segment: it counts in Dr. GRPO's constant, 3 x 4.
+    packed_bt = jnp.array([[1.0, 2.0, 3.0, 7.0, 4.0, 8.0, 8.0]])
+    segments_bt = jnp.array([[1, 1, 1, 0, 2, 3, 3]])
+    packed_mask_bt = jnp.array([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
+    got = aggregate(
+        packed_bt,
+        packed_mask_bt,
+        mode="seq_mean_token_sum_norm",
+        norm_len=4,
+        segment_ids_bt=segments_bt,
+    )
+    np.testing.assert_allclose(got, (6 + 4) / (3 * 4))
 
 
 def test_kl_estimators_by_hand():
@@ -362,6 +415,21 @@ def test_kl_loss_entropy_bonus_and_sampler_metrics_by_hand():
     np.testing.assert_allclose(m["tis_weight_mean"], (math.exp(-0.1) + 1.2) / 2, rtol=1e-6)
 
 
+def test_sampler_gap_compares_sampler_to_old_logprobs():
+    # After a minibatch update the trained policy has moved (logp = old + 0.5); the gap is the
+    # sampler's numeric mismatch with the rollout's recomputed log-probs, |0.1| and |-0.3|.
+    old_bt = jnp.log(jnp.array([[0.5, 0.2]]))
+    _, m = policy_loss(
+        old_bt + 0.5,
+        old_bt,
+        jnp.ones((1, 2)),
+        jnp.ones((1, 2)),
+        sampler_logprobs_bt=old_bt + jnp.array([[0.1, -0.3]]),
+    )
+    np.testing.assert_allclose(m["sampler_logprob_gap_mean"], 0.2, rtol=1e-5)
+    np.testing.assert_allclose(m["sampler_logprob_gap_max"], 0.3, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # Random inputs against the float64 reference, padded == packed.
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +441,8 @@ def test_matches_float64_reference_padded_and_packed(config):
     sequences = _random_sequences(rng, LENGTHS)
     padded, packed = _layouts(sequences, PROMPT_LENS, 9, PACKED_ROWS, 14, rng)
     expected_loss, expected_metrics = _np_policy_loss(sequences, config)
+    if config.dual_clip is not None:
+        assert expected_metrics["dual_clip_frac"] > 0.0  # the dual clip binds somewhere
     for layout in (padded, packed):
         loss, metrics = _call_policy_loss(config, layout, jit=True)
         np.testing.assert_allclose(loss, expected_loss, rtol=2e-5, atol=1e-6)
@@ -460,6 +530,9 @@ def test_zero_mask_equals_dropping_the_sequence():
     for config in CONFIG_GRID:
         got, _ = _call_policy_loss(config, padded)
         expected, _ = _call_policy_loss(config, kept)
+        if config.aggregation == "seq_mean_token_sum_norm":
+            # Dr. GRPO's constant counts the masked row: 4 sequences instead of the kept 3.
+            expected = expected * 3 / 4
         np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=str(config))
 
 

@@ -5,12 +5,15 @@ Pure functions of arrays with static keyword options, meant to be called inside 
 
 from zero_rl.rl.advantages import (
     ESTIMATORS,
+    REINFORCE_PP_ESTIMATORS,
     broadcast_to_tokens,
     compute_advantages,
     discounted_returns,
     gae,
     kl_penalty_token_rewards,
+    reinforce_pp_advantages,
     reinforce_pp_token_advantages,
+    reward_stats,
     zero_signal_groups,
 )
 from zero_rl.rl.kl import KL_ESTIMATORS, kl_estimate
@@ -19,6 +22,7 @@ from zero_rl.rl.losses import (
     RATIO_LEVELS,
     LossConfig,
     aggregate,
+    num_sequences,
     policy_loss,
     value_loss,
 )
@@ -29,6 +33,7 @@ __all__ = [
     "ESTIMATORS",
     "KL_ESTIMATORS",
     "RATIO_LEVELS",
+    "REINFORCE_PP_ESTIMATORS",
     "LossConfig",
     "aggregate",
     "broadcast_to_tokens",
@@ -39,8 +44,11 @@ __all__ = [
     "kl_penalty_token_rewards",
     "last_token_mask",
     "masked_whiten",
+    "num_sequences",
     "policy_loss",
+    "reinforce_pp_advantages",
     "reinforce_pp_token_advantages",
+    "reward_stats",
     "sequence_mean_bt",
     "value_loss",
     "zero_signal_groups",

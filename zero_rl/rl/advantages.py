@@ -22,6 +22,8 @@ from zero_rl.rl.masking import (
 )
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+# Estimators whose training advantages are per token (`reinforce_pp_advantages`).
+REINFORCE_PP_ESTIMATORS = ("reinforce_pp", "reinforce_pp_baseline")
 
 
 def zero_signal_groups(rewards_pg: jax.Array) -> jax.Array:
@@ -31,6 +33,53 @@ def zero_signal_groups(rewards_pg: jax.Array) -> jax.Array:
     DAPO's dynamic sampling drops them.
     """
     return jnp.max(rewards_pg, axis=1) == jnp.min(rewards_pg, axis=1)
+
+
+def _group_mask(group_mask_p: jax.Array | None, num_prompts: int) -> jax.Array:
+    if group_mask_p is None:
+        return jnp.ones((num_prompts,), jnp.float32)
+    if jnp.shape(group_mask_p) != (num_prompts,):
+        raise ValueError(f"group_mask_p must be [{num_prompts}]; got {jnp.shape(group_mask_p)}")
+    return jnp.asarray(group_mask_p, jnp.float32)
+
+
+def _check_rewards(rewards_pg: jax.Array) -> None:
+    if jnp.ndim(rewards_pg) != 2:
+        raise ValueError(f"rewards_pg must be [prompts, group]; got shape {jnp.shape(rewards_pg)}")
+
+
+def reward_stats(
+    rewards_pg: jax.Array, group_mask_p: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Scalar statistics of the verifier rewards over the real groups.
+
+    Args:
+      rewards_pg: [prompts, group] rewards, before any KL shaping.
+      group_mask_p: optional [prompts] 1/0 marking real groups; the others (padding prompts,
+        dynamic-sampling fillers) are left out of every statistic.
+
+    Returns:
+      reward_mean, reward_std (population), zero_signal_groups (count of real groups whose
+      rewards are all equal) and zero_signal_frac (that count over the real groups).
+    """
+    _check_rewards(rewards_pg)
+    group_mask_p = _group_mask(group_mask_p, rewards_pg.shape[0])
+    rewards_pg = jnp.asarray(rewards_pg, jnp.float32)
+    sample_mask_pg = jnp.broadcast_to(group_mask_p[:, None], rewards_pg.shape)
+    mean = masked_mean(rewards_pg, sample_mask_pg)
+    num_zero_signal = jnp.sum(zero_signal_groups(rewards_pg) * group_mask_p)
+    return {
+        "reward_mean": mean,
+        "reward_std": jnp.sqrt(masked_mean(jnp.square(rewards_pg - mean), sample_mask_pg)),
+        "zero_signal_groups": num_zero_signal,
+        "zero_signal_frac": num_zero_signal / jnp.maximum(jnp.sum(group_mask_p), 1.0),
+    }
+
+
+def _group_centered(rewards_pg: jax.Array) -> jax.Array:
+    """r - mean(r) per group, exactly 0 for groups whose rewards are all equal."""
+    centered_pg = rewards_pg - jnp.mean(rewards_pg, axis=1, keepdims=True)
+    return jnp.where(zero_signal_groups(rewards_pg)[:, None], 0.0, centered_pg)
 
 
 def compute_advantages(
@@ -50,6 +99,9 @@ def compute_advantages(
       rloo (Ahmadian et al. 2024): r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean(r)).
       reinforce_pp (REINFORCE++, Hu 2025): (r - mean(R)) / (std(R) + eps), a batch baseline.
       reinforce_pp_baseline (REINFORCE++-baseline): r - mean(r), then divided by its batch std.
+    The two REINFORCE++ forms here are per sample; the update uses the paper's per-token form,
+    `reinforce_pp_advantages`, which equals them when all responses have the same length and
+    no KL enters the reward.
     The group estimators give exactly 0 to groups whose rewards are all equal (r - mean(r) can
     be off by one ulp there, which the GRPO std division would blow up to noise).
 
@@ -66,8 +118,7 @@ def compute_advantages(
       reward_mean, reward_std, zero_signal_groups (count) and zero_signal_frac over real groups.
     """
     check_choice("advantage estimator", estimator, ESTIMATORS)
-    if rewards_pg.ndim != 2:
-        raise ValueError(f"rewards_pg must be [prompts, group]; got shape {rewards_pg.shape}")
+    _check_rewards(rewards_pg)
     num_prompts, group_size = rewards_pg.shape
     if estimator == "grpo" and group_size - std_ddof <= 0:
         raise ValueError(
@@ -76,19 +127,11 @@ def compute_advantages(
         )
     if estimator == "rloo" and group_size < 2:
         raise ValueError(f"rloo needs at least 2 samples per group; got {group_size}")
-    if group_mask_p is None:
-        group_mask_p = jnp.ones((num_prompts,), jnp.float32)
-    elif jnp.shape(group_mask_p) != (num_prompts,):
-        raise ValueError(f"group_mask_p must be [{num_prompts}]; got {jnp.shape(group_mask_p)}")
+    group_mask_p = _group_mask(group_mask_p, num_prompts)
     rewards_pg = jnp.asarray(rewards_pg, jnp.float32)
-    group_mask_p = jnp.asarray(group_mask_p, jnp.float32)
     sample_mask_pg = jnp.broadcast_to(group_mask_p[:, None], rewards_pg.shape)
-
-    zero_signal_p = zero_signal_groups(rewards_pg)
-    centered_pg = rewards_pg - jnp.mean(rewards_pg, axis=1, keepdims=True)
-    centered_pg = jnp.where(zero_signal_p[:, None], 0.0, centered_pg)
-    batch_mean = masked_mean(rewards_pg, sample_mask_pg)
-    batch_std = jnp.sqrt(masked_mean(jnp.square(rewards_pg - batch_mean), sample_mask_pg))
+    stats = reward_stats(rewards_pg, group_mask_p)
+    centered_pg = _group_centered(rewards_pg)
 
     if estimator == "grpo":
         group_var_p = jnp.sum(jnp.square(centered_pg), axis=1) / (group_size - std_ddof)
@@ -98,22 +141,12 @@ def compute_advantages(
     elif estimator == "rloo":
         advantages_pg = centered_pg * (group_size / (group_size - 1))
     elif estimator == "reinforce_pp":
-        advantages_pg = (rewards_pg - batch_mean) / (batch_std + eps)
+        advantages_pg = (rewards_pg - stats["reward_mean"]) / (stats["reward_std"] + eps)
     else:
         # Group-centred rewards already have batch mean 0, so only the std is divided out.
         centered_std = jnp.sqrt(masked_mean(jnp.square(centered_pg), sample_mask_pg))
         advantages_pg = centered_pg / (centered_std + eps)
-    advantages_pg = zero_outside(advantages_pg, sample_mask_pg)
-
-    num_real_groups = jnp.sum(group_mask_p)
-    num_zero_signal = jnp.sum(zero_signal_p * group_mask_p)
-    stats = {
-        "reward_mean": batch_mean,
-        "reward_std": batch_std,
-        "zero_signal_groups": num_zero_signal,
-        "zero_signal_frac": num_zero_signal / jnp.maximum(num_real_groups, 1.0),
-    }
-    return advantages_pg, stats
+    return zero_outside(advantages_pg, sample_mask_pg), stats
 
 
 def broadcast_to_tokens(
@@ -264,9 +297,8 @@ def reinforce_pp_token_advantages(
     """REINFORCE++ token advantages: discounted returns whitened over all counted tokens.
 
     With a per-token KL penalty in the reward (`kl_penalty_token_rewards`) the returns differ
-    along a response; without one, prefer `compute_advantages(estimator="reinforce_pp")`, which
-    normalises per sample rather than per token. For REINFORCE++-baseline, subtract the group
-    mean from the rewards before building `token_rewards_bt`.
+    along a response. `reinforce_pp_advantages` builds the token rewards from verifier rewards
+    and calls this.
 
     Returns:
       [batch, time] advantages, 0 outside the mask.
@@ -276,3 +308,61 @@ def reinforce_pp_token_advantages(
         token_rewards_bt, mask_bt, gamma=gamma, segment_ids_bt=segment_ids_bt
     )
     return masked_whiten(returns_bt, mask_bt, eps=eps)
+
+
+def reinforce_pp_advantages(
+    rewards_pg: jax.Array,
+    mask_bt: jax.Array,
+    *,
+    estimator: str = "reinforce_pp",
+    kl_bt: jax.Array | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+    eps: float = 1e-6,
+    group_mask_p: jax.Array | None = None,
+) -> jax.Array:
+    """REINFORCE++ (Hu 2025) per-token advantages, as in OpenRLHF.
+
+    Token t of response i gets the reward `-kl_coef * kl_t`, its last token also the verifier
+    reward r_i (for "reinforce_pp_baseline", r_i minus its group's mean, exactly 0 for an
+    all-equal group); the advantage is the reward-to-go from t, discounted by gamma, whitened
+    over every counted token of the batch.
+
+    Args:
+      rewards_pg: [prompts, group] verifier rewards.
+      mask_bt: [prompts * group, time] counted response tokens, one response per row in
+        [prompts, group] order.
+      estimator: "reinforce_pp" or "reinforce_pp_baseline".
+      kl_bt: [prompts * group, time] per-token KL to the reference (`kl_estimate`), or None.
+      kl_coef: weight beta of the KL penalty in the reward.
+      gamma: discount of the reward-to-go.
+      eps: added to the std before dividing.
+      group_mask_p: optional [prompts] 1/0; tokens of masked groups get 0 and stay out of the
+        batch statistics.
+
+    Returns:
+      [prompts * group, time] advantages, 0 outside the mask.
+    """
+    check_choice("REINFORCE++ estimator", estimator, REINFORCE_PP_ESTIMATORS)
+    _check_rewards(rewards_pg)
+    num_prompts, group_size = rewards_pg.shape
+    (batch, _) = check_token_arrays(mask_bt=mask_bt, kl_bt=kl_bt)
+    if batch != num_prompts * group_size:
+        raise ValueError(
+            f"mask_bt has {batch} rows but rewards_pg {rewards_pg.shape} has "
+            f"{num_prompts * group_size} samples; rows must be one sample each"
+        )
+    if kl_coef and kl_bt is None:
+        raise ValueError(f"kl_coef={kl_coef} needs kl_bt")
+    group_mask_p = _group_mask(group_mask_p, num_prompts)
+    mask_bt = jnp.asarray(mask_bt, jnp.float32) * jnp.repeat(group_mask_p, group_size)[:, None]
+    rewards_pg = jnp.asarray(rewards_pg, jnp.float32)
+    if estimator == "reinforce_pp_baseline":
+        rewards_pg = _group_centered(rewards_pg)
+    sequence_rewards_bt = broadcast_to_tokens(rewards_pg, mask_bt)
+    if kl_bt is None or not kl_coef:
+        kl_bt = jnp.zeros(mask_bt.shape, jnp.float32)
+    token_rewards_bt = kl_penalty_token_rewards(
+        sequence_rewards_bt, kl_bt, mask_bt, kl_coef=kl_coef
+    )
+    return reinforce_pp_token_advantages(token_rewards_bt, mask_bt, gamma=gamma, eps=eps)

@@ -39,11 +39,13 @@ class LossConfig:
       clip_high: ratio upper bound is 1 + clip_high (DAPO's clip-higher sets it above clip_low).
       dual_clip: when set (> 1), the loss of a negative-advantage token is capped at
         -dual_clip * A (dual-clip PPO, Ye et al. 2020), bounding updates from huge ratios.
-      ratio_level: "token" (PPO/GRPO) or "sequence" (GSPO: the length-normalised sequence
-        ratio, applied to every token of the sequence).
+      ratio_level: "token" (PPO/GRPO) or "sequence" (GSPO-token: the length-normalised
+        sequence ratio on every token of the sequence); "sequence" needs the aggregation GSPO
+        is defined with, "seq_mean_token_mean".
       aggregation: how per-token losses become a scalar: "token_mean" (DAPO), mean over
         sequences of the token mean ("seq_mean_token_mean", GRPO), or mean over sequences of the
-        token sum divided by the constant `norm_len` ("seq_mean_token_sum_norm", Dr. GRPO).
+        token sum divided by the constant `norm_len` ("seq_mean_token_sum_norm", Dr. GRPO:
+        the sum over the batch divided by sequences x norm_len, every sequence counted).
       norm_len: Dr. GRPO's constant normaliser, e.g. the maximum response length.
       kl_coef: weight of the KL-to-reference loss term (0 disables it).
       kl_estimator: "k1", "k2" or "k3" (see `zero_rl.rl.kl`).
@@ -72,6 +74,13 @@ class LossConfig:
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
         check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _check_aggregation_options(self.aggregation, self.norm_len)
+        if self.ratio_level == "sequence" and self.aggregation != "seq_mean_token_mean":
+            # GSPO's objective averages each sequence's tokens, then the sequences; any other
+            # weighting of the sequence ratio is an objective no paper defines.
+            raise ValueError(
+                f"ratio_level='sequence' (GSPO) needs aggregation='seq_mean_token_mean'; "
+                f"got aggregation={self.aggregation!r}"
+            )
         if not 0.0 <= self.clip_low < 1.0:
             raise ValueError(f"clip_low must be in [0, 1); got {self.clip_low}")
         if self.clip_high < 0.0:
@@ -101,15 +110,18 @@ def aggregate(
 ) -> jax.Array:
     """Reduces per-token losses to a scalar.
 
-    Sequences (rows, or packed segments) with no counted token, e.g. truncated responses under
-    overlong filtering or groups dropped by dynamic sampling, count in no denominator.
+    Under "token_mean" and "seq_mean_token_mean", sequences (rows, or packed segments) with no
+    counted token, e.g. truncated responses under overlong filtering or groups dropped by
+    dynamic sampling, count in no denominator. "seq_mean_token_sum_norm" keeps Dr. GRPO's
+    constant normaliser: every sequence of the batch (every row when padded, every segment id
+    present when packed) counts, masked or not, so the loss scale does not depend on the mask.
 
     Args:
       loss_bt: [batch, time] per-token losses.
       mask_bt: [batch, time] 1.0 on counted tokens.
       mode: "token_mean": sum / number of counted tokens.
         "seq_mean_token_mean": mean over sequences of each sequence's token mean.
-        "seq_mean_token_sum_norm": mean over sequences of each sequence's token sum / norm_len.
+        "seq_mean_token_sum_norm": sum over all tokens / (number of sequences * norm_len).
       norm_len: the constant of "seq_mean_token_sum_norm".
       segment_ids_bt: packed segment ids or None.
 
@@ -122,11 +134,20 @@ def aggregate(
     if mode == "token_mean":
         return masked_mean(loss_bt, mask_bt)
     sums_bs, _ = sequence_sums(zero_outside(loss_bt, mask_bt), segment_ids_bt)
-    counts_bs, _ = sequence_sums(mask_bt, segment_ids_bt)
-    num_sequences = jnp.maximum(jnp.sum(counts_bs > 0), 1)
     if mode == "seq_mean_token_mean":
-        return jnp.sum(sums_bs / jnp.maximum(counts_bs, 1.0)) / num_sequences
-    return jnp.sum(sums_bs) / (num_sequences * norm_len)
+        counts_bs, _ = sequence_sums(mask_bt, segment_ids_bt)
+        num_counted = jnp.maximum(jnp.sum(counts_bs > 0), 1)
+        return jnp.sum(sums_bs / jnp.maximum(counts_bs, 1.0)) / num_counted
+    return jnp.sum(sums_bs) / (num_sequences(loss_bt.shape, segment_ids_bt) * norm_len)
+
+
+def num_sequences(shape_bt: tuple[int, int], segment_ids_bt: jax.Array | None = None) -> jax.Array:
+    """Sequences of a [batch, time] layout, counted or not: the rows when padded, the distinct
+    nonzero segment ids of each row when packed. A float32 scalar."""
+    if segment_ids_bt is None:
+        return jnp.float32(shape_bt[0])
+    present_bs, _ = sequence_sums((segment_ids_bt > 0).astype(jnp.float32), segment_ids_bt)
+    return jnp.sum(present_bs > 0).astype(jnp.float32)
 
 
 def policy_loss(
@@ -146,12 +167,12 @@ def policy_loss(
     Per token, with ratio r = pi / pi_old and advantage A:
       pg = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)),
       and for A < 0 with dual clip c: pg = min(pg, -c A).
-    With ratio_level="sequence" (GSPO, Zheng et al. 2025) r is the length-normalised sequence
-    ratio exp(mean_t log pi(y_t) / pi_old(y_t)) on every token of the sequence, gradient
-    included, so with one advantage per sequence and "seq_mean_token_mean" this is GSPO's
-    objective exactly. The ratio is taken against `old_logprobs_bt`, the
-    log-probs of the policy that produced the rollout, so several minibatch updates per rollout
-    stay correct.
+    With ratio_level="sequence" this is GSPO-token (Zheng et al. 2025): every token of sequence
+    i takes the value of the length-normalised ratio s_i = exp(mean_t log pi(y_t) / pi_old(y_t))
+    with the gradient of a token ratio, s_i,t = sg(s_i) * pi(y_t) / sg(pi(y_t)), so each token
+    keeps its own advantage; with one advantage per sequence its gradient is GSPO's. The ratio is
+    taken against `old_logprobs_bt`, the log-probs of the policy that produced the rollout, so
+    several minibatch updates per rollout stay correct.
 
     Args:
       logprobs_bt: [batch, time] log-probs of the taken tokens under the trained policy.
@@ -171,8 +192,9 @@ def policy_loss(
       `(loss, metrics)`: a scalar loss and a dict of scalar metrics: pg_loss, clip_frac_low,
       clip_frac_high, approx_kl (k3 estimate of KL(pi_old || pi)), ratio_mean/max/min; plus
       dual_clip_frac, kl_loss and kl (token mean, to the reference), entropy_loss and entropy,
-      sampler_logprob_gap_mean/max (|log pi_sampler - log pi| per token; on the first minibatch
-      of a rollout this is the pure numeric mismatch) and tis_weight_mean when they apply.
+      sampler_logprob_gap_mean/max (|log pi_sampler - log pi_old| per token: the numeric
+      mismatch between sampler and trainer on the same weights, free of the policy's drift over
+      the minibatches) and tis_weight_mean when they apply.
       Token metrics are means over counted tokens.
     """
     check_token_arrays(
@@ -221,7 +243,13 @@ def policy_loss(
         log_ratio_bt = jnp.clip(token_log_ratio_bt, -MAX_LOG_RATIO, MAX_LOG_RATIO)
     else:
         sequence_log_ratio_bt = sequence_mean_bt(token_log_ratio_bt, mask_bt, segment_ids_bt)
-        log_ratio_bt = jnp.clip(sequence_log_ratio_bt, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+        sequence_log_ratio_bt = jnp.clip(sequence_log_ratio_bt, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+        # GSPO-token: the value of the sequence ratio, the gradient of the token's log-prob.
+        log_ratio_bt = (
+            jax.lax.stop_gradient(sequence_log_ratio_bt)
+            + logprobs_bt
+            - jax.lax.stop_gradient(logprobs_bt)
+        )
     ratio_bt = jnp.exp(log_ratio_bt)
     clipped_ratio_bt = jnp.clip(ratio_bt, 1.0 - config.clip_low, 1.0 + config.clip_high)
     pg_bt = jnp.maximum(-advantages_bt * ratio_bt, -advantages_bt * clipped_ratio_bt)
@@ -281,7 +309,7 @@ def policy_loss(
         metrics["entropy_loss"] = entropy_loss
         metrics["entropy"] = masked_mean(entropy_input_bt, mask_bt)
     if sampler_logprobs_bt is not None:
-        gap_bt = jnp.abs(jax.lax.stop_gradient(logprobs_bt) - sampler_logprobs_bt)
+        gap_bt = jnp.abs(old_logprobs_bt - sampler_logprobs_bt)
         metrics["sampler_logprob_gap_mean"] = masked_mean(gap_bt, mask_bt)
         metrics["sampler_logprob_gap_max"] = masked_max(gap_bt, mask_bt)
     metrics = {name: jax.lax.stop_gradient(value) for name, value in metrics.items()}
