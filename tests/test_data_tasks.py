@@ -132,3 +132,94 @@ def test_registration_errors(spm_path, tmp_path):
         tasks.register_file_task(
             "x", tmp_path / "none.jsonl", vocabulary=spm_path, template="plain"
         )
+
+
+@pytest.fixture(scope="module")
+def boxed_tasks(spm_path):
+    return tasks.register_benchmark_tasks(spm_path, template="qwen_boxed", prefix="zero_rl_rows")
+
+
+@pytest.mark.parametrize(
+    "dataset, split",
+    [(d, s) for d, splits in tasks.BENCHMARK_SPLITS.items() for s in splits],
+)
+def test_first_row_of_every_benchmark_split(boxed_tasks, dataset, split):
+    task = seqio.get_mixture_or_task(f"zero_rl_rows.{dataset}.qwen_boxed")
+    row = next(
+        task.get_dataset(split=split, sequence_length=None, shuffle=False).as_numpy_iterator()
+    )
+    # The same record read without seqio: templated prompt, canonical gold, id and level.
+    ex = load_benchmark(tasks.BENCHMARK_SPLITS[dataset][split], limit=1)[0]
+    prompt = apply_template("qwen_boxed", ex.prompt)
+    assert row["inputs_pretokenized"].decode() == prompt
+    assert row["targets_pretokenized"].decode() == ex.answer
+    assert row["id"].decode() == ex.id
+    assert row["level"] == (-1 if ex.level is None else ex.level)
+    vocab = task.output_features["inputs"].vocabulary
+    assert row["inputs"].tolist() == vocab.encode(prompt)
+    assert row["targets"].tolist() == vocab.encode(ex.answer)
+
+
+def test_metric_through_the_seqio_evaluator(tmp_path, spm_path):
+    """seqio.Evaluator decodes a model's predicted ids and calls `accuracy` on them against the
+    task's targets: 2 of 3 responses right (one by a \\frac that only the verifier matches)."""
+    path = tmp_path / "eval.jsonl"
+    rows = [{"problem": "What is 6 times 7?", "answer": "42"},
+            {"problem": "Half of 1?", "answer": "\\frac{1}{2}"},
+            {"problem": "What is 1 plus 1?", "answer": "2"}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    name = tasks.register_file_task("zero_rl.test_eval", path, vocabulary=spm_path,
+                                    template="plain", split="test")  # fmt: skip
+    vocab = seqio.get_mixture_or_task(name).output_features["inputs"].vocabulary
+    responses = {"What is 6 times 7?": "6 times 7 is 42, so \\boxed{42}",
+                 "Half of 1?": "\\boxed{0.5}",
+                 "What is 1 plus 1?": "\\boxed{3}"}  # fmt: skip
+    seen = []
+
+    def predict_fn(dataset, model_feature_shapes=None):
+        del model_feature_shapes
+        out = []
+        for index, features in dataset.as_numpy_iterator():
+            ids = features["encoder_input_tokens"].tolist()
+            question = vocab.decode([i for i in ids if i != vocab.pad_id])
+            seen.append(question)
+            # A decoder's fixed-length output: the response, then EOS to the end.
+            response = vocab.encode(responses[question])
+            out.append((index, response + [vocab.eos_id] * (40 - len(response))))
+        return out
+
+    evaluator = seqio.Evaluator(
+        name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split="test",
+        async_compute_metrics=False,
+    )  # fmt: skip
+    metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+    assert sorted(seen) == sorted(responses)
+    assert metrics.result()[name] == pytest.approx({"accuracy": 200 / 3})
+
+
+def test_parquet_file_task(tmp_path, spm_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zero_rl.data import FieldMapping
+
+    path = tmp_path / "math_train.parquet"
+    rows = [{"q": "What is 6*7?", "sol": "6*7 = \\boxed{42}", "lvl": "Level 2", "uid": "a"},
+            {"q": "What is 3/6?", "sol": "It is \\boxed{\\frac{1}{2}}.", "lvl": "Level 5",
+             "uid": "b"}]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    mapping = FieldMapping(question_field="q", answer_from_solution=True, solution_field="sol",
+                           level_field="lvl", id_field="uid")  # fmt: skip
+    name = tasks.register_file_task("zero_rl.test_parquet", path, mapping, vocabulary=spm_path,
+                                    template="abel")  # fmt: skip
+    got = list(
+        seqio.get_mixture_or_task(name)
+        .get_dataset(split="train", sequence_length=None, shuffle=False)
+        .as_numpy_iterator()
+    )
+    assert [r["inputs_pretokenized"].decode() for r in got] == [
+        apply_template("abel", r["q"]) for r in rows
+    ]
+    assert [r["targets_pretokenized"] for r in got] == [b"42", b"\\frac{1}{2}"]
+    assert [r["level"] for r in got] == [2, 5]
+    assert [r["id"] for r in got] == [b"math_train/a", b"math_train/b"]
