@@ -2,12 +2,19 @@
 
     python launch/train.py --config=configs/qwen2_5_1_5b.py --workdir=$WORKDIR \
         --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
+
+`c.mesh` is the planned slice's (`hardware`); on other hardware set --config.mesh.fsdp and
+--config.mesh.tensor, and check the layout with `python launch/plan.py --config=... --slice=...`.
 """
 
 from zero_rl.train.config import simplerl_zoo_config
 
 
 def get_config():
-    return simplerl_zoo_config(
-        "qwen2.5-1.5b", max_response_len=8192, hardware="v5p-64; planned peak 74 of 95 GB per chip"
+    c = simplerl_zoo_config(
+        "qwen2.5-1.5b",
+        max_response_len=8192,
+        hardware="v5p-64 mesh fsdp=32; planned peak 74 of 95 GB per chip",
     )
+    c.mesh.fsdp = 32
+    return c

@@ -2,14 +2,19 @@
 
     python launch/train.py --config=configs/qwen2_5_math_7b.py --workdir=$WORKDIR \
         --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
+
+`c.mesh` is the planned slice's (`hardware`); on other hardware set --config.mesh.fsdp and
+--config.mesh.tensor, and check the layout with `python launch/plan.py --config=... --slice=...`.
 """
 
 from zero_rl.train.config import simplerl_zoo_config
 
 
 def get_config():
-    return simplerl_zoo_config(
+    c = simplerl_zoo_config(
         "qwen2.5-math-7b",
         max_response_len=3072,
-        hardware="v5p-64; planned peak 76 of 95 GB per chip",
+        hardware="v5p-64 mesh fsdp=32; planned peak 76 of 95 GB per chip",
     )
+    c.mesh.fsdp = 32
+    return c
