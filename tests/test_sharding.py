@@ -39,9 +39,10 @@ from zero_rl.train.rl_step import Rollout, UpdateOptions, rollout_logprobs, upda
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(_REPO, "tests", "golden", "mistral7b_partition_specs.json")
 GOLDEN_CONFIG = "configs/mistral7b.py"
-# The config's own layout (pure FSDP) on a v5p-128, a tensor-parallel layout, and one where
-# tensor=16 exceeds the 8 KV heads, so the KV projections fall back to replication there.
-GOLDEN_MESHES = ("fsdp=64", "fsdp=32,tensor=4", "data=4,fsdp=8,tensor=16")
+# Besides the config's own mesh (its rules on its v5p-256, fsdp=64,tensor=2): pure FSDP on a
+# v5p-128, more tensor parallelism, and tensor=16, which exceeds the 8 KV heads, so the KV
+# projections fall back to replication over that axis.
+OTHER_GOLDEN_MESHES = ("fsdp=64", "fsdp=32,tensor=4", "data=4,fsdp=8,tensor=16")
 
 MESHES = [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}]
 # vocab and mlp divisible by tensor=2 so every weight kind is actually split.
@@ -65,6 +66,7 @@ OPTS = UpdateOptions(
 # Differences come only from the order of cross-device sums in float32. Measured on the three
 # meshes: metrics within 7e-6 relative, params within 3e-8 absolute after an update of 5e-2.
 METRIC_RTOL, PARAM_ATOL = 5e-5, 1e-6
+LOGPROB_ATOL = 1e-5
 
 
 def test_make_mesh_fills_the_minus_one_axis_and_names_errors():
@@ -238,15 +240,44 @@ def test_grpo_update_on_a_mesh_equals_one_device(single_device, axes):
         assert x.sharding == before, (x.sharding, before)
 
 
+@pytest.mark.parametrize("axes", MESHES, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+def test_rollout_logprobs_on_a_mesh_equal_one_device(single_device, axes):
+    """The old/reference log-prob pass (vocabulary split over tensor, rows over data x fsdp)."""
+    initial, rollout, _, _ = single_device
+    graphdef = nnx.graphdef(create_model(CFG))
+    kwargs = dict(prompt_len=PROMPT_LEN, num_chunks=2, chunk=4)
+    tokens_bt, positions_bt = rollout.tokens_bt, rollout.positions_bt
+    expected = np.asarray(
+        rollout_logprobs(
+            graphdef, jax.tree.map(jnp.asarray, initial), jnp.asarray(tokens_bt),
+            jnp.asarray(positions_bt), **kwargs,
+        )
+    )  # fmt: skip
+    mesh = sharding.make_mesh(axes)
+    batch = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
+    with sharding.activation_sharding(mesh):
+        got = rollout_logprobs(
+            graphdef, jax.device_put(initial, param_shardings(CFG, mesh)),
+            sharding.global_batch(tokens_bt, batch), sharding.global_batch(positions_bt, batch),
+            **kwargs,
+        )  # fmt: skip
+    assert got.sharding.spec == sharding.named_sharding(("batch", "length"), got.shape, mesh).spec
+    valid = rollout.mask_bn > 0
+    assert np.all(expected[valid] < 0) and np.std(expected[valid]) > 0.1
+    np.testing.assert_allclose(np.asarray(got)[valid], expected[valid], rtol=0, atol=LOGPROB_ATOL)
+
+
 def _golden_specs() -> dict:
     """Partition spec of every mistral-7b parameter, the KV cache and the batch, per mesh;
     shapes only (jax.eval_shape), nothing allocated."""
     from zero_rl.plan import abstract_mesh, parse_mesh  # noqa: PLC0415
 
-    cfg = model_config(load_config(os.path.join(_REPO, GOLDEN_CONFIG)))
+    config = load_config(os.path.join(_REPO, GOLDEN_CONFIG))
+    cfg, rules = model_config(config), sharding.rules_from_config(config.sharding)
+    own_mesh = ",".join(f"{k}={v}" for k, v in config.mesh.items() if v != 1)
     _, abstract = abstract_params(cfg)
     axes = dict(nnx.to_flat_state(logical_axes(abstract)))
-    out = {"config": GOLDEN_CONFIG, "params": {}, "activations": {}}
+    out = {"config": GOLDEN_CONFIG, "config_mesh": own_mesh, "params": {}, "activations": {}}
     for path, leaf in nnx.to_flat_state(abstract):
         out["params"]["/".join(path)] = {
             "shape": list(_value(leaf).shape),
@@ -254,19 +285,19 @@ def _golden_specs() -> dict:
             "logical_axes": list(axes[path]),
             "specs": {},
         }
-    for mesh_text in GOLDEN_MESHES:
+    for mesh_text in (own_mesh, *OTHER_GOLDEN_MESHES):
         mesh = abstract_mesh(parse_mesh(mesh_text))
-        _, sharded = abstract_params(cfg, mesh)
+        _, sharded = abstract_params(cfg, mesh, rules)
         for path, leaf in nnx.to_flat_state(sharded):
             spec = _value(leaf).sharding.spec
             out["params"]["/".join(path)]["specs"][mesh_text] = _spec_json(spec)
         cache_shape = (cfg.num_layers, 8192, 9216, cfg.num_kv_heads, cfg.head_dim)
         out["activations"][mesh_text] = {
             "kv_cache": _spec_json(
-                sharding.named_sharding(KVCache.LOGICAL_AXES, cache_shape, mesh).spec
+                sharding.named_sharding(KVCache.LOGICAL_AXES, cache_shape, mesh, rules).spec
             ),
             "batch": _spec_json(
-                sharding.named_sharding(("batch", "length"), (8192, 9216), mesh).spec
+                sharding.named_sharding(("batch", "length"), (8192, 9216), mesh, rules).spec
             ),
         }
     return out
@@ -292,11 +323,16 @@ def test_mistral7b_partition_specs_match_the_golden_file():
     hint = "if intended, run: python tests/test_sharding.py --regenerate"
     assert not changed, f"partition specs changed for {changed[:5]}...; {hint}"
     assert golden == current, hint
-    # Hand-checked anchors: FSDP splits every weight's embed axis 64 ways.
+    # Hand-checked anchors: FSDP splits every weight's embed axis 64 ways; on the config's own
+    # mesh tensor=2 also splits heads, KV heads and the MLP, and the cache's KV heads.
+    assert golden["config_mesh"] == "fsdp=64,tensor=2"
     q = golden["params"]["layers/attn/q_proj"]
     assert q["logical_axes"] == ["layers", "embed", "heads", "head_dim"]
     assert q["specs"]["fsdp=64"] == [None, "fsdp"]
     assert q["specs"]["fsdp=32,tensor=4"] == [None, "fsdp", "tensor"]
+    own = {name: p["specs"]["fsdp=64,tensor=2"] for name, p in golden["params"].items()}
+    assert own["layers/attn/k_proj"] == own["layers/mlp/up_proj"] == [None, "fsdp", "tensor"]
+    assert golden["activations"]["fsdp=64,tensor=2"]["kv_cache"] == [None, "fsdp", None, "tensor"]
     k = golden["params"]["layers/attn/k_proj"]["specs"]["data=4,fsdp=8,tensor=16"]
     assert k == [None, "fsdp"]  # 8 KV heads do not split 16 ways
 
@@ -307,7 +343,8 @@ if __name__ == "__main__":
     os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
     specs = _golden_specs()
     # One line per parameter, so a sharding change reads as a one-line diff.
-    lines = [f' "config": {json.dumps(specs["config"])},', ' "params": {']
+    lines = [f' "config": {json.dumps(specs["config"])},',
+             f' "config_mesh": {json.dumps(specs["config_mesh"])},', ' "params": {']  # fmt: skip
     lines += [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in specs["params"].items()]
     lines[-1] = lines[-1].rstrip(",")
     lines += [" },", ' "activations": {']
