@@ -1,9 +1,14 @@
 """End to end on real GSM8K, OlympiadBench, AMC, AIME and Minerva answers in their raw formats:
 extraction, gold normalisation and equivalence, with model-style responses."""
 
+import json
+import pathlib
+
 import pytest
 
 from zero_rl.rewards import extract_answer, is_equivalent, normalize_gold
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "zero_rl" / "data" / "benchmarks"
 
 B = r"Putting everything together, the final answer is $\boxed{%s}$."
 
@@ -197,6 +202,108 @@ REAL_CASES = [
 ]
 
 
+# What a policy under RL writes to collect a reward it has not earned, and the honest forms
+# next to each: (response, gold, expected). Every False row was accepted by an earlier version.
+HACK_CASES = [
+    # Equations: math-verify keeps the last right-hand side. Only `variable = value` answers a
+    # plain gold; against an equation, equations compare whole.
+    (B % "3=5", "5", False),
+    (B % "1+1=3", "3", False),
+    (B % "x=5=6", "6", False),
+    (B % "x = 2 \\cdot 3 = 6", "6", False),
+    (B % r"\frac{22}{7} \approx 3.14", "3.14", False),
+    (B % "f(x) = 5", "5", False),
+    (B % "3 = 5", "x=5", False),
+    (B % "x = 3", "3", True),
+    (B % "y=5", "5", True),
+    (B % r"\theta = 30^\circ", "30", True),
+    (B % "x_1 = 4", "4", True),
+    (B % "-2x + y = 3", "y = 2x + 3", True),
+    (B % "x = 5 \\text{ or } x = -5", "5, -5", True),
+    (B % "x = 5 \\text{ or } x = -5", "5", False),
+    # Words and \text after a number: only known units are dropped.
+    (B % "3 x", "3", False),
+    (B % "2 i", "2", False),
+    (B % "5 pi", "5", False),
+    (B % "3 squared", "3", False),
+    (B % "5 hundred", "5", False),
+    (B % r"5 \text{ is not right}", "5", False),
+    (B % r"5\text{ or more}", "5", False),
+    (B % r"2\mathrm{i}", "2", False),
+    (B % r"2\mathrm{e}", "2", False),
+    (B % "3t", "3", False),
+    (B % r"5 \text{ m}", "5", False),
+    (B % r"12 \text{ cm}", "12", True),
+    (B % "5 meters", "5", True),
+    (B % r"30 \text{ dollars}", "30", True),
+    (B % r"6 \text{ cm}^2", "6", True),
+    (B % r"7 \text{ square units}", "7", True),
+    (B % r"300 \mathrm{~km} / \mathrm{s}", "300", True),
+    (B % r"90 \text{ degrees}", r"90^\circ", True),
+    ("The answer is 91 trees.", "91", True),
+    # A decimal answers an integer gold only when it is that integer.
+    (B % "3987000.0", "3986729", False),
+    (B % "10000.5", "10000", False),
+    (B % "18.00", "18", True),
+    (B % "0.3333", r"\frac{1}{3}", True),
+    (B % "3.1416", "3.14159", True),
+    # Unboxed alternatives are no answer; boxed ones are a list, which a single gold rejects.
+    ("The answer is $5$ or $6$.", "6", False),
+    ("The answer is $5$ or $6$.", "5", False),
+    ("The answer is 5 or 6.", "5", False),
+    ("The answer is $5$, since $2 + 3 = 5$.", "5", True),
+    (r"So $\boxed{3} \text{or} \boxed{4}$.", "4", False),
+    (r"So $\boxed{3} \text{ or } \boxed{4}$.", "3", False),
+    (r"So $\boxed{3}$ or $\boxed{4}$.", "4", False),
+    (r"So $\boxed{3} \text{or} \boxed{4}$.", "3, 4", True),
+    (r"So $\boxed{3}$ and $\boxed{4}$.", "4, 3", True),
+    # Percent: /100 always; the bare label only for a number of at least 1.
+    (B % r"0.15\%", "0.15", False),
+    (B % "0.15", r"0.15\%", False),
+    (B % r"15\%", "15", True),
+    (B % r"15\%", "0.15", True),
+    (B % "15 percent", "15", True),
+    (B % "17.5", "17.5%", True),
+    (B % r"1500\%", "15", True),
+    (B % r"150\%", "15", False),
+    # Spaces between digits do not join them; thin spaces in thousands do.
+    (B % "1 2", "12", False),
+    (B % r"3 \quad 6", "36", False),
+    (B % "3~6", "36", False),
+    (B % r"1\,000", "1000", True),
+    (B % r"10,\!080", "10080", True),
+    (B % "3 1/2", "3.5", True),
+    # Boxes: a box in a box is one box; an empty last box is ignored.
+    (r"So $\boxed{\boxed{5}}$.", "5", True),
+    (r"The answer is \boxed{5}. \boxed{}", "5", True),
+    (r"\boxed{\fbox{12}}", "12", True),
+    # One value written twice, as the MATH500 solution of number_theory/459 boxes it.
+    (B % r"15\frac{39}{40}, \frac{639}{40}", r"\frac{639}{40}", True),
+    (B % r"15\frac{39}{40}, \frac{639}{41}", r"\frac{639}{40}", False),
+    # \tfrac reads as \frac.
+    (B % r"\tfrac{1}{2}", "0.5", True),
+    (B % r"\tfrac{3}{4}", r"\frac34", True),
+    (B % r"\tfrac{1}{3}", "0.5", False),
+    # The R1-Zero template: the last <answer> tag that ends the response.
+    ("<think>3 * 14 = 42</think> <answer> 42 </answer>", "42", True),
+    ("<think>\\boxed{41}?</think> <answer>$\\boxed{42}$</answer>", "42", True),
+    ("<think>\\boxed{41}?</think> <answer>The answer is $42$.</answer>", "42", True),
+    ("<think>so 42</think> <answer> 41 </answer>", "42", False),
+    ("<think>so 42</think> <answer> 3 = 42 </answer>", "42", False),
+]
+
+
+@pytest.mark.parametrize("response, gold, expected", HACK_CASES)
+def test_hacks_and_honest_forms(response, gold, expected):
+    pred = extract_answer(response)
+    assert (pred is not None and is_equivalent(pred, gold)) is expected
+
+
+def test_hack_table_has_both_kinds():
+    expected = [case[-1] for case in HACK_CASES]
+    assert sum(expected) >= 30 and len(expected) - sum(expected) >= 35
+
+
 @pytest.mark.parametrize("raw, dataset, response, expected", REAL_CASES)
 def test_real_answers(raw, dataset, response, expected):
     gold = normalize_gold(raw, dataset)
@@ -207,3 +314,24 @@ def test_real_answers(raw, dataset, response, expected):
 def test_table_has_positives_and_negatives():
     expected = [case[-1] for case in REAL_CASES]
     assert sum(expected) >= 40 and len(expected) - sum(expected) >= 25
+
+
+def _rows(name):
+    with open(BENCHMARKS / name) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_shipped_golds_normalise_once_and_match_themselves():
+    """Every gold of the shipped sets is a fixed point of normalize_gold (so `score` may
+    normalise golds that are already normalised) and is equivalent to itself."""
+    golds = [normalize_gold(r["answer"], "gsm8k") for r in _rows("gsm8k/test.jsonl")]
+    golds += [normalize_gold(r["final_answer"], "olympiadbench") for r in _rows(
+        "olympiadbench/test.jsonl")]  # fmt: skip
+    golds += [normalize_gold(r["solution"], "minerva_math") for r in _rows(
+        "minerva_math/test.jsonl")]  # fmt: skip
+    golds += [normalize_gold(r["answer"], "math500") for r in _rows("math500/test.jsonl")]
+    golds += [normalize_gold(r["answer"], "amc23") for r in _rows("amc23/test.jsonl")]
+    assert len(golds) == 1319 + 675 + 272 + 500 + 40
+    for gold in golds:
+        assert normalize_gold(gold) == gold
+        assert is_equivalent(gold, gold), gold

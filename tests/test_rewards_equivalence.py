@@ -1,12 +1,21 @@
 """Answer equivalence: the cheap path against independent references, then real MATH500 answers."""
 
 import math
+import os
 import random
+import shutil
+import tempfile
 from fractions import Fraction
 
 import pytest
 
-from zero_rl.rewards import extract_answer, fast_equivalence, is_equivalent, normalize_answer
+from zero_rl.rewards import (
+    extract_answer,
+    fast_equivalence,
+    is_equivalent,
+    normalize_answer,
+    symbolic_equivalence,
+)
 
 R = r"We simplify step by step and check the conditions. Therefore, the answer is $\boxed{%s}$."
 
@@ -173,6 +182,11 @@ def test_numbers_against_isclose_reference():
     "pred, gold, expected",
     [
         ("10000", "10001", False),  # integers are exact: no tolerance
+        ("10000.5", "10000", False),  # nor for a decimal against an integer gold
+        ("3987000.0", "3986729", False),
+        ("10000.0", "10000", True),
+        ("10000.5", "10000.0", True),  # a decimal gold keeps the relative tolerance
+        (r"\tfrac{1}{3}", r"\frac{2}{6}", True),
         (r"\frac{1}{3}", r"\frac{2}{6}", True),
         ("0.3333", r"\frac{1}{3}", True),
         ("0.33", r"\frac{1}{3}", False),
@@ -180,6 +194,11 @@ def test_numbers_against_isclose_reference():
         ("0.25", r"25\%", True),
         (r"25\%", "0.25", True),
         ("0.25", "25", False),  # no percent sign, no percent reading
+        (r"15\%", "15", True),  # the label of a "what percent" answer
+        (r"0.15\%", "0.15", False),  # below 1 the sign is /100: 0.0015
+        ("0.15", r"0.15\%", False),
+        (r"17.5\%", "17.5", True),
+        (r"50\%", r"\frac{1}{2}", True),
         ("4.5e33", r"4.5 \times 10^{33}", True),
         ("1e400", "1.0001e400", True),
         ("1e400", "1", False),
@@ -221,8 +240,18 @@ def test_symbolic_answers_are_left_undecided(pred, gold):
         (r"x \in [-2,7]", "[-2,7]"),
         ("x=1, y=2", "x=1,y=2"),  # a tuple of assignments keeps its names
         ("70000 dollars", "70000"),
-        ("5 or 6 apples", "5or6apples"),  # connectives are not units
+        ("5 or 6 apples", "5,6"),  # several answers are a list
         (r"\text{Evelyn}", "Evelyn"),
+        ("x = 5 or x = -5", "5,-5"),  # one variable, two values
+        ("1 2", "1 2"),  # a space between digits stays
+        (r"3 \quad 6", "3 6"),
+        (r"1\,000", "1000"),  # a thin space in a number does not
+        (r"5 \text{ is not right}", "5isnotright"),  # words that are not units stay
+        (r"2\mathrm{i}", "2i"),
+        (r"\tfrac{1}{2}", r"\frac{1}{2}"),
+        (r"928^{\circ} \mathrm{C}", "928"),
+        (r"\left[ 2, 5 \right)", "[2,5)"),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
     ],
 )
 def test_normalize_answer(answer, key):
@@ -233,33 +262,116 @@ def test_long_prediction_is_rejected_without_parsing():
     assert is_equivalent("1+" * 2000 + "1", "4001") is False
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        "__import__('os').system('touch {marker}')",
-        "\\text{__import__('os').system('touch {marker}')}",
-        "eval(\"__import__('os').system('touch {marker}')\")",
-        "exec('import os; os.system(\"touch {marker}\")')",
-        "(lambda: __import__('os').system('touch {marker}'))()",
-    ],
-)
-def test_model_text_is_never_executed(payload, tmp_path, monkeypatch):
-    import latex2sympy2_extended.latex2sympy2 as latex2sympy
-    import math_verify.parser
+class _Executed(BaseException):
+    """Raised by the guards below; a BaseException so that no `except Exception` hides it."""
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("parse_expr evaluates Python and must never see model text")
 
-    # The two places in the parsing stack that could evaluate a string as Python.
-    monkeypatch.setattr(math_verify.parser, "parse_expr", forbidden)
-    monkeypatch.setattr(latex2sympy, "parse_expr", forbidden)
-    marker = tmp_path / "pwned"
-    text = payload.replace("{marker}", str(marker))
-    response = f"The answer is $\\boxed{{{text}}}$. The answer is {text}."
-    pred = extract_answer(response)
-    assert is_equivalent(pred, "0") is False
-    assert is_equivalent("0", pred) is False
-    assert not marker.exists()
+def payloads(directory: str) -> list[str]:
+    """Python that would create a file or directory under `directory` if anything ran it.
+    Without spaces, so that no extraction or normalisation step can cut it short."""
+    assert " " not in directory and directory.startswith("/")
+    return [
+        f"__import__('pathlib').Path('{directory}/a').touch()",
+        f"__import__('os').mkdir('{directory}/b')",
+        f"eval(\"__import__('os').mkdir('{directory}/c')\")",
+        f"exec(\"__import__('os').mkdir('{directory}/d')\")",
+        f"(lambda:__import__('os').mkdir('{directory}/e'))()",
+        f"getattr(__import__('os'),'mkdir')('{directory}/f')",
+        f"\\text{{__import__('pathlib').Path('{directory}/g').touch()}}",
+        f"open('{directory}/h','w').write('1')",
+    ]
+
+
+def model_texts(payload: str) -> list[str]:
+    return [
+        f"So $\\boxed{{{payload}}}$.",
+        f"The answer is {payload}",
+        f"<think>x</think> <answer>{payload}</answer>",
+        f"$\\boxed{{x={payload}}}$",
+    ]
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    """`eval`, `exec`, `sympify` and `parse_expr` that raise when given text holding a payload,
+    wherever the parsing stack imported them from; yields the list of calls they refused."""
+    import builtins
+    import sys
+
+    import latex2sympy2_extended.latex2sympy2  # noqa: F401 - its modules must be loaded
+    import math_verify.parser  # noqa: F401
+    import sympy
+    import sympy.parsing.sympy_parser as sympy_parser
+    from sympy.core.singleton import SingletonRegistry
+
+    is_equivalent(r"\sqrt{8}", r"2\sqrt{2}")  # load every module the symbolic stage uses
+    refused = []
+    # What only model text holds. (latex2sympy does hand its lexer's number tokens, digits
+    # only, to `sympy.Number`, which parses them with `parse_expr`: that is not model text.)
+    markers = ("__import__", "mkdir", "open(", "zero_rl_safety_")
+
+    def guard(name, original):
+        def guarded_call(*args, **kwargs):
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, str) and any(marker in arg for marker in markers):
+                    refused.append((name, arg[:80]))
+                    raise _Executed(f"{name} was called with model text: {arg[:80]!r}")
+            return original(*args, **kwargs)
+
+        return guarded_call
+
+    originals = {"sympify": sympy.sympify, "parse_expr": sympy_parser.parse_expr}
+    for module in list(sys.modules.values()):
+        if not getattr(module, "__name__", "").startswith(
+            ("sympy", "latex2sympy2_extended", "math_verify", "zero_rl")
+        ):
+            continue
+        for name, original in originals.items():
+            if getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, guard(name, original))
+    monkeypatch.setattr(SingletonRegistry, "__call__", staticmethod(guard("S", sympy.sympify)))
+    monkeypatch.setattr(builtins, "eval", guard("eval", builtins.eval))
+    monkeypatch.setattr(builtins, "exec", guard("exec", builtins.exec))
+    assert sympy.sympify is not originals["sympify"]  # the guards are in place
+    yield refused
+
+
+def test_model_text_is_never_executed(guarded):
+    directory = tempfile.mkdtemp(prefix="zero_rl_safety_")
+    try:
+        for payload in payloads(directory):
+            for text in model_texts(payload):
+                pred = extract_answer(text)
+                assert pred is not None and "import" in pred or "open(" in pred, text
+                assert is_equivalent(pred, "0") is False
+                assert symbolic_equivalence(pred, "0") is False  # the sympy stage itself
+                assert symbolic_equivalence("0", pred) is False
+        assert os.listdir(directory) == []
+        assert guarded == []
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_the_payloads_are_live():
+    """Evaluated, each payload does create its file: the test above would see one run."""
+    directory = tempfile.mkdtemp(prefix="zero_rl_safety_")
+    try:
+        live = [p for p in payloads(directory) if not p.startswith("\\text")]
+        for payload in live:
+            eval(payload)  # noqa: S307 - the point of the test
+        assert len(os.listdir(directory)) == len(live)
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_the_guards_would_catch_an_evaluation(guarded):
+    import sympy
+
+    with pytest.raises(_Executed):
+        sympy.sympify("__import__('os').getcwd()")
+    with pytest.raises(_Executed):
+        eval("__import__('os').getcwd()")
+    assert len(guarded) == 2
 
 
 def test_non_string_input_is_a_clear_error():

@@ -4,7 +4,14 @@ import time
 
 import pytest
 
-from zero_rl.rewards import MAX_ANSWER_CHARS, extract, extract_answer, normalize_gold
+from zero_rl.rewards import (
+    MAX_ANSWER_CHARS,
+    Extraction,
+    extract,
+    extract_answer,
+    extract_with_budget,
+    normalize_gold,
+)
 
 # (response, expected answer, expected source). None: no answer.
 EXTRACTION_CASES = [
@@ -30,6 +37,20 @@ EXTRACTION_CASES = [
     ("Final answer: $\\boxed{5}$\n\n$\\boxed{5}$", "5", "boxed"),
     (r"Truncated before the end: \boxed{\frac{3}{", None, None),
     (r"Empty: \boxed{}", None, None),
+    (r"A box in a box: $\boxed{\boxed{5}}$", "5", "boxed"),
+    (r"The answer is \boxed{5}. \boxed{}", "5", "boxed"),
+    (r"\boxed{7} and then \boxed{ } and \boxedsymbol", "7", "boxed"),
+    (r"$\boxed{3} \text{or} \boxed{4}$", "3, 4", "boxed"),
+    (r"$\boxed{3}$ \text{ and } $\boxed{4}$", "3, 4", "boxed"),
+    (r"$\boxed{3}$ \quad or \quad $\boxed{4}$", "3, 4", "boxed"),
+    (r"$\boxed{3}$; then \boxed{4}", "4", "boxed"),
+    ("<think>6 * 7</think> <answer> 42 </answer>", "42", "answer_tag"),
+    ("<think>x</think> <answer>$\\frac{1}{2}$</answer>\n", r"\frac{1}{2}", "answer_tag"),
+    ("<think>\\boxed{1}</think><answer>so \\boxed{2}</answer>", "2", "answer_tag"),
+    ("<answer>1</answer> <answer>The answer is 3.</answer>", "3", "answer_tag"),
+    ("<answer>5</answer> but wait, \\boxed{6}", "6", "boxed"),  # text after the tag
+    ("<think>truncated <answer> 5", None, None),
+    ("<think>x</think> <answer> </answer>", None, None),
     (
         "Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.",
         r"\frac{1}{2}",
@@ -42,6 +63,12 @@ EXTRACTION_CASES = [
     ("Thus the answer is \\(\\frac{7}{4}\\).", r"\frac{7}{4}", "answer_is"),
     ("The answer is **42**.", "42", "answer_is"),
     ("Therefore the answer is 18 dollars.\nDone.", "18 dollars", "answer_is"),
+    ("The answer is $5$, since $2 + 3 = 5$.", "5", "answer_is"),
+    ("The answer is $5$ or $6$.", None, None),
+    ("The answer is $5$, $6$.", None, None),
+    (r"The answer is $5$ \text{or} $6$.", None, None),
+    ("The answer is 5 or 6.", None, None),
+    ("Final Answer: The final answer is $5$ or $6$. I hope it is correct.", None, None),
     ("He makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18", "gsm8k"),
     ("Profit: 200,000 - 130,000\n#### 70,000", "70,000", "gsm8k"),
     ("Let me think. 3 + 4 = 7, and 7 * 2 = 14.", None, None),
@@ -56,7 +83,7 @@ def test_extract(response, answer, source):
         assert extraction is None
     else:
         assert (extraction.answer, extraction.source) == (answer, source)
-        assert extraction.boxed == (source == "boxed")
+        assert extraction.boxed == (source in ("boxed", "answer_tag"))
         assert extract_answer(response) == answer
 
 
@@ -87,21 +114,32 @@ def test_phrase_search_is_case_insensitive():
 
 
 @pytest.mark.parametrize(
-    "response",
+    "response, over_budget",
     [
-        "\\boxed{" + "{" * 100_000 + "}" * 100_000 + "}",  # 10^5 nested braces
-        "\\boxed{" + "{" * 100_000,  # never closes
-        "x" * 1_000_000 + "\\boxed{" + "1+" * 500_000 + "1}",  # 1 MB answer
-        "answer is " + "9" * 1_000_000,
-        "\\boxed{" * 200_000,
+        ("\\boxed{" + "{" * 100_000 + "}" * 100_000 + "}", True),  # 10^5 nested braces
+        ("\\boxed{" + "{" * 100_000, True),  # never closes, past the cap
+        ("x" * 1_000_000 + "\\boxed{" + "1+" * 500_000 + "1}", True),  # 1 MB answer
+        ("answer is " + "9" * 1_000_000, True),
+        ("<answer>" + "1+" * 500_000 + "1</answer>", True),
+        ("\\boxed{}" * 100_000, True),  # only empty boxes
+        ("\\boxed{" * 200_000, False),  # the last box is cut off by the end: truncated
+        ("x" * 1_000_000, False),
     ],
-    ids=["nested-braces", "unclosed", "1MB-box", "1MB-number", "many-boxes"],
+    ids=["nested", "unclosed", "1MB-box", "1MB-number", "1MB-tag", "empty", "open", "1MB-text"],
 )
-def test_adversarial_responses_are_fast_and_unanswered(response):
+def test_adversarial_responses_are_fast_and_over_budget(response, over_budget):
     start = time.perf_counter()
-    extraction = extract(response, last_number_fallback=False)
+    extraction, flagged = extract_with_budget(response, last_number_fallback=True)
     assert time.perf_counter() - start < 0.5
-    assert extraction is None or len(extraction.answer) <= MAX_ANSWER_CHARS
+    assert (extraction, flagged) == (None, over_budget)
+    assert extract(response) is None
+
+
+def test_a_1mb_response_with_a_short_answer_is_read():
+    assert extract_with_budget("x" * 1_000_000 + " so $\\boxed{4}$") == (
+        Extraction("4", "boxed"),
+        False,
+    )
 
 
 def test_answer_just_under_the_cap_is_kept():

@@ -1,15 +1,18 @@
 """VerifierPool: wall-clock timeouts, recovery from hung and dead workers, safety, batching."""
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
 import pytest
-from test_rewards_cases import REAL_CASES
-from test_rewards_equivalence import MATH500_CASES
+from test_rewards_cases import HACK_CASES, REAL_CASES
+from test_rewards_equivalence import MATH500_CASES, model_texts, payloads
 
-from zero_rl.rewards import RewardConfig, VerifierPool, normalize_gold, score
+from zero_rl.rewards import MAX_ANSWER_CHARS, RewardConfig, VerifierPool, normalize_gold, score
+from zero_rl.rewards import worker as worker_module
 
 TIMEOUT_S = 1.0
 # Distinct pairs that only sympy can settle, so that each one reaches a worker.
@@ -49,6 +52,10 @@ def test_score_agrees_with_the_real_answer_tables(pool):
         responses.append(response)
         answers.append(normalize_gold(raw, dataset))
         expected.append(correct)
+    for response, gold, correct in HACK_CASES:
+        responses.append(response)
+        answers.append(gold)
+        expected.append(correct)
     verdicts = score(responses, answers, config=RewardConfig(timeout_s=5.0), pool=pool)
     assert [v.correct for v in verdicts] == expected
     assert not any(v.timed_out for v in verdicts)
@@ -70,21 +77,75 @@ def test_explosive_answers_time_out_and_the_pool_keeps_working(pool):
     assert all(r.correct for r in again)
 
 
-def test_adversarial_responses_score_incorrect_quickly(pool):
-    responses = [
-        f"Let me compute. $\\boxed{{{EXPLOSIVE[0]}}}$",
-        "The answer is $\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}$",
-        "x" * 1_000_000 + " so the answer is $\\boxed{4}$",  # 1 MB, but well-formed and right
-        "$\\boxed{" + "1+" * 500_000 + "1}$",  # a 1 MB answer
-        "\\boxed{100000000000000000000!}",
-    ]
-    answers = ["1", "1", "4", "3", "2"]
+# Responses over the verification budget, each incorrect and counted as a timeout.
+OVER_BUDGET = {
+    "power tower": f"Let me compute. $\\boxed{{{EXPLOSIVE[0]}}}$",
+    "huge factorial": "\\boxed{100000000000000000000!}",
+    "factorial of a power": "\\boxed{(10^{7})!}",
+    "10^5 nested braces": "The answer is $\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}$",
+    "1 MB box never closed": "$\\boxed{" + "{" * 1_000_000,
+    "1 MB answer": "$\\boxed{" + "1+" * 500_000 + "1}$",
+    "1 MB number": "So the answer is " + "9" * 1_000_000,
+    "1 MB answer tag": "<think>x</think> <answer>" + "1" * 1_000_000 + "</answer>",
+}
+
+
+def test_over_budget_responses_are_incorrect_timeouts_and_the_pool_keeps_working(pool):
+    timeouts_before = pool.timeouts
+    responses = list(OVER_BUDGET.values()) + ["x" * 1_000_000 + " so the answer is $\\boxed{4}$"]
     start = time.perf_counter()
-    verdicts = score(responses, answers, config=RewardConfig(timeout_s=TIMEOUT_S), pool=pool)
+    config = RewardConfig(timeout_s=TIMEOUT_S, mode="format_aware")
+    verdicts = score(responses, ["1"] * len(OVER_BUDGET) + ["4"], config=config, pool=pool)
+    # Three checks reach the workers (two at a time); the rest stop at extraction.
     assert time.perf_counter() - start < 2 * TIMEOUT_S + 2.0
-    assert [v.correct for v in verdicts] == [False, False, True, False, False]
-    assert verdicts[0].timed_out and verdicts[4].timed_out
-    assert [v.reward for v in verdicts] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    for name, verdict in zip(OVER_BUDGET, verdicts):
+        assert verdict.timed_out and not verdict.correct, name
+        assert verdict.reward == config.no_answer_reward or verdict.boxed, name
+    assert verdicts[-1].correct and not verdicts[-1].timed_out  # 1 MB, but a short answer
+    assert pool.timeouts - timeouts_before == 3  # the checks that ran out of time
+    again = pool.check([p for p, _ in SYMBOLIC_TRUE], [g for _, g in SYMBOLIC_TRUE])
+    assert all(r.correct and not r.timed_out for r in again)
+
+
+def test_a_prediction_over_the_cap_is_a_timeout_without_a_worker(pool):
+    before = (pool.timeouts, pool.symbolic)
+    [result] = pool.check(["1+" * MAX_ANSWER_CHARS + "1"], ["1"])
+    assert result.timed_out and not result.correct
+    assert (pool.timeouts, pool.symbolic) == (before[0] + 1, before[1])
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (MemoryError, worker_module.STATUS_TIMEOUT),
+        (RecursionError, worker_module.STATUS_TIMEOUT),
+        (ValueError, worker_module.STATUS_ERROR),
+    ],
+)
+def test_running_out_of_memory_or_stack_is_over_budget(monkeypatch, error, status):
+    def explode(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(worker_module, "is_equivalent", explode)
+    assert worker_module.check_one("1", "1", 1e-4, 5.0) == (False, status)
+
+
+def test_a_worker_dying_mid_check_is_a_timeout(pool):
+    crashes_before, timeouts_before = pool.crashes, pool.timeouts
+    victims = pool.worker_pids()
+
+    def kill_them():
+        time.sleep(0.3)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+
+    killer = threading.Thread(target=kill_them)
+    killer.start()
+    results = pool.check(EXPLOSIVE[:2], ["1", "1"], timeout_s=5.0)
+    killer.join()
+    assert all(r.timed_out and not r.correct for r in results)
+    assert pool.crashes - crashes_before == 2 and pool.timeouts - timeouts_before == 2
+    assert not set(victims) & set(pool.worker_pids())
 
 
 def test_a_stuck_worker_is_killed_and_replaced(pool):
@@ -111,17 +172,18 @@ def test_a_dead_worker_is_replaced_without_losing_checks(pool):
     assert all(r.correct for r in results)
 
 
-def test_model_text_is_not_executed_in_workers(pool, tmp_path):
-    marker = tmp_path / "pwned"
-    payloads = [
-        f"__import__('os').system('touch {marker}')",
-        f"(lambda: __import__('os').system('touch {marker}'))()",
-        f"exec('import os; os.system(\"touch {marker}\")')",
-    ]
-    responses = [f"The answer is $\\boxed{{{payload}}}$." for payload in payloads]
-    verdicts = score(responses, ["0"] * len(payloads), pool=pool)
-    assert not any(v.correct for v in verdicts)
-    assert not marker.exists()
+def test_model_text_is_not_executed_in_workers(pool):
+    directory = tempfile.mkdtemp(prefix="zero_rl_safety_")
+    try:
+        responses = [text for payload in payloads(directory) for text in model_texts(payload)]
+        symbolic_before = pool.symbolic
+        # A symbolic gold, so that the cheap checks leave them to the workers.
+        verdicts = score(responses, [r"\sqrt{2}"] * len(responses), pool=pool)
+        assert not any(v.correct for v in verdicts)
+        assert pool.symbolic - symbolic_before >= len(responses) // 2  # the sympy stage saw them
+        assert os.listdir(directory) == []
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_concurrent_callers_share_the_pool(pool):

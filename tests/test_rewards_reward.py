@@ -32,6 +32,11 @@ RESPONSES = [
     ("So the total is 16.\nThe answer is 16.", "18", False, False, 0.0, -1.0),
     ("I am not sure how to proceed with", "18", False, False, 0.0, -1.0),
     (r"Hence $\boxed{2\sqrt{2}}$.", r"\sqrt{8}", True, True, 1.0, 1.0),
+    # The R1-Zero template: a closed <answer> tag ending the response is the format.
+    ("<think>9 * 2 = 18</think> <answer> 18 </answer>", "18", True, True, 1.0, 1.0),
+    ("<think>9 * 2 = 16</think> <answer> 16 </answer>", "18", False, True, 0.0, -0.5),
+    ("<think>so the answer is 18.</think> <answer> 18", "18", True, False, 1.0, 0.5),
+    ("<think>9 * 2</think> <answer> </answer>", "18", False, False, 0.0, -1.0),
 ]
 
 
@@ -55,7 +60,12 @@ def test_format_penalty_in_correctness_mode(pool):
     verdicts = score(
         [row[0] for row in RESPONSES], [row[1] for row in RESPONSES], config=config, pool=pool
     )
-    assert [v.reward for v in verdicts] == [1.0, 0.75, 0.0, -0.25, -0.25, 1.0]
+    assert [v.reward for v in verdicts] == [1.0, 0.75, 0.0, -0.25, -0.25, 1.0] + [
+        1.0,
+        0.0,
+        0.75,
+        -0.25,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -105,11 +115,47 @@ def test_config_rejects_bad_values(kwargs, message):
         RewardConfig(**kwargs)
 
 
+# (raw gold as its dataset stores it, gold_format, a response that answers it).
+RAW_GOLDS = [
+    ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18", None, r"$\boxed{18}$"),
+    ("#### 18", "gsm8k", "The answer is 18."),
+    ("18", "gsm8k", r"$\boxed{18}$"),
+    (r"So the area is $\boxed{\frac{25}{2}}$.", "math", r"$\boxed{12.5}$"),
+    (r"\frac{25}{2}", "math500", r"$\boxed{\dfrac{25}{2}}$"),
+    (["$3$", "$-5$"], "olympiadbench", r"$\boxed{-5, 3}$"),
+    (["$(1,1), (3,2)$"], "olympiadbench", r"$\boxed{(3,2)}$ and $\boxed{(1,1)}$"),
+    (27.0, "amc23", r"$\boxed{27}$"),
+    (27.0, None, r"$\boxed{27}$"),
+    ("025", "aime24", r"$\boxed{25}$"),
+]
+
+
+def test_score_normalises_raw_golds(pool):
+    for raw, gold_format, response in RAW_GOLDS:
+        [verdict] = score([response], [raw], pool=pool, gold_format=gold_format)
+        assert verdict.correct, (raw, response)
+    # One batch, the format inferred; each response against the next row's gold is wrong.
+    raws = [raw for raw, _, _ in RAW_GOLDS]
+    responses = [response for _, _, response in RAW_GOLDS]
+    assert all(v.correct for v in score(responses, raws, pool=pool))
+    shifted = score(responses, raws[1:] + raws[:1], pool=pool)
+    # Rows 0-2 all answer 18, rows 3-4 both 25/2, rows 7-8 both 27.
+    assert [v.correct for v in shifted] == [True, True, False, True] + [False] * 3 + [
+        True,
+        False,
+        False,
+    ]
+
+
 def test_score_rejects_bad_batches(pool):
     with pytest.raises(ValueError, match="2 responses but 1 answers"):
         score(["a", "b"], ["1"], pool=pool)
-    with pytest.raises(TypeError, match=r"answers\[0\] is int.*normalize_gold"):
-        score(["a"], [1], pool=pool)
+    with pytest.raises(TypeError, match=r"answers\[1\]: gold answer must be a string.*NoneType"):
+        score(["a", "b"], ["1", None], pool=pool)
+    with pytest.raises(ValueError, match=r"answers\[0\]: gsm8k gold answer has no '#### N'"):
+        score(["a"], ["eighteen eggs"], pool=pool, gold_format="gsm8k")
+    with pytest.raises(ValueError, match=r"answers\[0\]: unknown dataset 'mnist'"):
+        score(["a"], ["1"], pool=pool, gold_format="mnist")
     with pytest.raises(TypeError, match=r"responses\[0\] is NoneType"):
         score([None], ["1"], pool=pool)
     assert score([], [], pool=pool) == []

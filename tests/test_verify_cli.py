@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from zero_rl.verify import InputError, read_examples
+from zero_rl.verify import InputError, main, read_examples
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,14 +56,32 @@ def test_stdin_to_stdout_in_order():
     assert "timeouts 1" in summary and "responses/s" in summary
 
 
-def test_files_and_format_aware_mode(tmp_path):
+def test_files_and_format_aware_mode(tmp_path, capsys):
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text("\n".join(json.dumps(line) for line in LINES[:3] + LINES[4:]) + "\n")
-    result = _run(["--input", str(source), "--output", str(target), "--mode", "format_aware"])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    r1 = {"response": "<think>9 * 2</think> <answer>18</answer>", "answer": "#### 18"}
+    source.write_text("\n".join(json.dumps(line) for line in LINES[:3] + LINES[4:] + [r1]))
+    argv = ["--input", str(source), "--output", str(target), "--mode", "format_aware"]
+    assert main(argv + ["--num-workers", "1"]) == 0  # in-process: the same code as the CLI
+    assert capsys.readouterr().out == ""
     rewards = [json.loads(line)["reward"] for line in target.read_text().splitlines()]
-    assert rewards == [1.0, 0.5, -1.0, -0.5]
+    assert rewards == [1.0, 0.5, -1.0, -0.5, 1.0]
+
+
+@pytest.mark.parametrize("output", ["missing_dir/out.jsonl", "."], ids=["no-dir", "a-dir"])
+def test_a_bad_output_path_is_a_one_line_error(tmp_path, capsys, output):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(LINES[0]) + "\n")
+    assert main(["--input", str(source), "--output", str(tmp_path / output)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: cannot write --output {tmp_path / output}: ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_a_missing_input_file_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.jsonl" in err and err.count("\n") == 1
 
 
 def test_malformed_line_stops_before_grading():

@@ -93,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-    output = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        # Opened before the pool starts, so that a bad path costs nothing and loses nothing.
+        output = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as error:
+        print(f"error: cannot write --output {args.output}: {error.strerror}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     correct = timeouts = 0
     try:

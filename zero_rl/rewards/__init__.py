@@ -10,9 +10,9 @@ from zero_rl.rewards.equivalence import (
     is_equivalent,
     symbolic_equivalence,
 )
-from zero_rl.rewards.extract import Extraction, extract, extract_answer
+from zero_rl.rewards.extract import Extraction, extract, extract_answer, extract_with_budget
 from zero_rl.rewards.gold import DATASETS, normalize_gold
-from zero_rl.rewards.normalize import MAX_ANSWER_CHARS, normalize_answer
+from zero_rl.rewards.normalize import MAX_ANSWER_CHARS, clean_latex, normalize_answer
 from zero_rl.rewards.pool import CheckResult, VerifierPool
 from zero_rl.rewards.reward import (
     RewardConfig,
@@ -32,9 +32,11 @@ __all__ = [
     "RewardConfig",
     "Verdict",
     "VerifierPool",
+    "clean_latex",
     "default_pool",
     "extract",
     "extract_answer",
+    "extract_with_budget",
     "fast_equivalence",
     "is_equivalent",
     "normalize_answer",

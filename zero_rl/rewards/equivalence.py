@@ -16,37 +16,58 @@ from __future__ import annotations
 import cmath
 import functools
 import logging
+import re
 from fractions import Fraction
 
 from zero_rl.rewards.normalize import (
+    EQUATION,
     MAX_ANSWER_CHARS,
+    PLAIN,
     Collection,
     Number,
     Value,
     choice_letter,
+    clean_latex,
     is_word,
     normalize_answer,
     parse_value,
+    relation_kind,
 )
 
 # Relative tolerance for answers written as decimals, as in the Qwen2.5-Math grader that
 # SimpleRL-Zoo evaluates with (so 0.3333 matches 1/3); integers and fractions compare exactly.
 DEFAULT_REL_TOL = 1e-4
+_WORD_IN_KEY_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
 def _numbers_match(pred: Number, gold: Number, rel_tol: float) -> bool:
+    """Plain numbers: exact, or within `rel_tol` relative where a decimal is involved.
+
+    An integer gold is matched exactly even by a decimal ("18.00" is 18, "3987000.0" is not
+    3986729): a count within 1e-4 is a wrong count. Fractions and decimal golds keep the
+    tolerance, so 0.3333 matches 1/3.
+
+    A percent sign on one side only is read two ways. Its meaning, /100, always: "15%" is 0.15,
+    and 0.25 answers "25%". And as the label of a percentage the other side states bare, which
+    is how MATH and OlympiadBench write "what percent" answers (gold 15 for "15%", gold "17.5%"
+    for 17.5) and how every standard grader reads them: "15%" is 15. The label reading needs
+    the number to be at least 1 in size. Below 1 a bare number is a proportion, and the two
+    readings are 100x apart: "0.15%" does not answer 0.15 (it is 0.0015), nor 0.15 "0.15%".
+    """
     if pred.infinite or gold.infinite:
         return pred.infinite == gold.infinite
     candidates = [gold.value]
-    # "25\%" is matched by 25 and by 0.25, either way round; a bare 25 never matches 0.25.
-    if gold.percent and not pred.percent:
-        candidates.append(gold.value / 100)
-    if pred.percent and not gold.percent:
-        candidates.append(gold.value * 100)
+    if gold.percent != pred.percent:
+        # The value reading, then the label reading where the bare number is >= 1.
+        candidates = [gold.value / 100 if gold.percent else gold.value * 100]
+        if abs(gold.value) >= 1:
+            candidates.append(gold.value)
     tolerance = Fraction(rel_tol)  # exact: a float product overflows for 1e400
     for value in candidates:
         if pred.value == value:
             return True
+        if value.denominator == 1 and not gold.approximate:
+            continue  # an integer gold: exact only
         if pred.approximate or gold.approximate:
             scale = max(abs(pred.value), abs(value))
             if abs(pred.value - value) <= tolerance * scale:
@@ -70,8 +91,12 @@ def _values_match(pred: Value, gold: Value, rel_tol: float) -> bool | None:
         return True if pred == gold else None
     if isinstance(pred, Number) and isinstance(gold, Number):
         return _numbers_match(pred, gold, rel_tol)
+    if isinstance(gold, Number) and not pred.ordered and pred.opening == "":
+        # Several numbers for one: a hedge such as "3, 5" for 3 is wrong; the same value twice
+        # ("15\frac{39}{40}, \frac{639}{40}", as a MATH solution boxes it) is that value.
+        return _all(_values_match(p, gold, rel_tol) is True for p in pred.elements)
     if isinstance(pred, Number) or isinstance(gold, Number):
-        return False  # one number against several: a hedge such as "3, 5" for "3" is wrong
+        return False  # a number against a tuple, interval or set
     if pred.ordered != gold.ordered or (pred.opening == "\\cup") != (gold.opening == "\\cup"):
         return None  # a tuple written for a list of answers, or one interval for a union
     if gold.ordered:
@@ -109,24 +134,44 @@ def _is_numeric(value: Value) -> bool:
     return isinstance(value, Number)
 
 
+def _wordy(key: str) -> bool:
+    """Whether a key holds a word outside any macro ("5isnotright", "3squared"): free symbols,
+    so never equal to a plain number."""
+    return _WORD_IN_KEY_RE.search(key) is not None
+
+
+def _hedged_relation(pred_clean: str, gold_clean: str) -> bool:
+    """True when `pred` is an equation that cannot answer a gold that is not one.
+
+    math-verify keeps only the last right-hand side of an equation, so `3 = 5`, `1 + 1 = 3` and
+    `x = 5 = 6` would answer 5, 3 and 6. An equation answers a plain gold only as an assignment
+    to a single variable (`x = 3` for 3); against a gold that is itself an equation, both are
+    compared whole.
+    """
+    return relation_kind(pred_clean) == EQUATION and relation_kind(gold_clean) == PLAIN
+
+
 def fast_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> bool | None:
     """True/False when cheap checks decide, None when a symbolic check is needed.
 
     Decides: equal normalised strings; plain numbers (exact, or within `rel_tol` relative when a
-    decimal is involved; percentages); tuples, intervals, unions and sets by their structure and
-    numeric elements (sets and bare lists order-insensitive); multiple-choice letters; plain
-    words (case-insensitive). Runs in time linear in the input; a prediction longer than
-    `MAX_ANSWER_CHARS` is False.
+    decimal is involved, see `_numbers_match`; percentages); tuples, intervals, unions and sets
+    by their structure and numeric elements (sets and bare lists order-insensitive);
+    multiple-choice letters; plain words (case-insensitive); and rejects equations that are not
+    assignments against plain golds, digits separated by spaces, and words against a number.
+    Runs in time linear in the input; a prediction longer than `MAX_ANSWER_CHARS` is False.
     """
     if not isinstance(pred, str) or not isinstance(gold, str):
         raise TypeError(f"answers must be str, got {type(pred).__name__} and {type(gold).__name__}")
     if len(pred) > MAX_ANSWER_CHARS:
         return False
+    if _hedged_relation(clean_latex(pred), clean_latex(gold)):
+        return False
     pred_key, pred_percent = normalize_answer(pred)
     gold_key, gold_percent = normalize_answer(gold)
     if not pred_key:
         return False
-    if pred_key == gold_key:
+    if pred_key == gold_key and pred_percent == gold_percent:
         return True
     gold_choice = choice_letter(gold)
     if gold_choice is not None:
@@ -135,13 +180,17 @@ def fast_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) 
         return pred_key.casefold() == gold_key.casefold()
     gold_value = parse_value(gold_key, gold_percent)
     pred_value = parse_value(pred_key, pred_percent)
+    if isinstance(pred_value, str) and " " in pred_value:
+        return False  # "1 2", "3 \quad 6": two numbers side by side are not one value
+    if isinstance(gold_value, Number) and isinstance(pred_value, str) and _wordy(pred_value):
+        return False
     return _values_match(pred_value, gold_value, rel_tol)
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse_latex(answer: str) -> tuple:
-    """math-verify's parse of one answer (a sympy object and its normalised string), cached
-    because a batch scores many samples against the same few gold answers."""
+    """math-verify's parse of one answer after `clean_latex` (a sympy object and its normalised
+    string), cached because a batch scores many samples against the same few gold answers."""
     import math_verify
 
     # It warns that its own timeout is disabled; ours is enforced by the pool.
@@ -150,8 +199,27 @@ def _parse_latex(answer: str) -> tuple:
     return tuple(
         math_verify.parse(
             "\\boxed{" + answer + "}",
-            extraction_config=[math_verify.LatexExtractionConfig()],
+            extraction_config=[_latex_config()],
             parsing_timeout=None,  # its signal-based timeout breaks off the main thread
+        )
+    )
+
+
+@functools.cache
+def _latex_config():
+    """math-verify's LaTeX extraction without its unit stripping: that drops any trailing
+    `\\text{...}` and single letters ("3t", "5 m", `2\\mathrm{i}` would all read as numbers).
+    Units are removed by `clean_latex` instead, from a fixed list."""
+    import math_verify
+
+    return math_verify.LatexExtractionConfig(
+        normalization_config=math_verify.LatexNormalizationConfig(
+            basic_latex=True,
+            units=False,
+            malformed_operators=True,
+            nits=True,
+            boxed="all",
+            equations=False,
         )
     )
 
@@ -200,7 +268,8 @@ def _clearly_different(gold, pred) -> bool:
 
 
 def symbolic_equivalence(pred: str, gold: str) -> bool:
-    """math-verify's verdict (sympy: symbolic, numeric, sets, intervals, matrices, equations).
+    """math-verify's verdict (sympy: symbolic, numeric, sets, intervals, matrices, equations)
+    on both answers after `clean_latex`, with the same equation rule as `fast_equivalence`.
 
     Has no time limit: some inputs (`9^{9^{9^{9}}}`) never finish, so call it through
     `VerifierPool` unless the input is trusted.
@@ -209,7 +278,10 @@ def symbolic_equivalence(pred: str, gold: str) -> bool:
 
     if len(pred) > MAX_ANSWER_CHARS:
         return False
-    gold_parsed, pred_parsed = _parse_latex(gold), _parse_latex(pred)
+    pred_clean, gold_clean = clean_latex(pred), clean_latex(gold)
+    if not pred_clean or _hedged_relation(pred_clean, gold_clean):
+        return False
+    gold_parsed, pred_parsed = _parse_latex(gold_clean), _parse_latex(pred_clean)
     if not gold_parsed or not pred_parsed:
         return False
     if _clearly_different(gold_parsed[0], pred_parsed[0]):

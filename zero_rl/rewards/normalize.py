@@ -9,8 +9,11 @@ quantifiers and runs on strings capped at `MAX_ANSWER_CHARS`, so model text cann
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from fractions import Fraction
+
+from zero_rl.rewards.units import strip_unit
 
 # Real gold answers are at most a few hundred characters (the longest in MATH500 and OlympiadBench
 # is ~200); anything longer from a policy is degenerate text, scored incorrect without parsing.
@@ -20,18 +23,34 @@ _MAX_DIGITS = 200
 _MAX_EXPONENT = 400
 _MAX_ELEMENTS = 64
 
-# Macros that only change spacing or style.
-_IGNORED_MACROS = ("\\!", "\\,", "\\;", "\\:", "\\ ", "\\quad", "\\qquad", "\\displaystyle", "~")
+# Thin spaces, as in MATH's thousands separators ("10,\!080", "1\,000"), join what they separate;
+# real spaces do not: `3 \quad 6` is not 36.
+# (Not the second backslash of `\\`, a matrix row break.)
+_JOINING_RE = re.compile(r"(?<!\\)\\[!,]|\\displaystyle(?![A-Za-z])")
+_SPACING_RE = re.compile(r"\\q?quad(?![A-Za-z])|(?<!\\)\\[;: ]|~")
 _TEXT_MACROS = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)"
 _TEXT_RE = re.compile(_TEXT_MACROS + r"\s*\{([^{}]*)\}")
-# A trailing unit: "12\text{ cm}", "864 \mbox{ inches}^2", "5.4 \text{ cents}".
-_TEXT_UNIT_RE = re.compile(_TEXT_MACROS + r"\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?$")
-# A trailing plain-word unit after a number: "70000 dollars", "18 eggs", "6 cm^2".
-_WORD_UNIT_RE = re.compile(r"^([-+]?[\d.,]+)\s+[A-Za-z][A-Za-z ]{0,40}(?:\^\{?\d\}?)?$")
-_CONNECTIVES = frozenset({"or", "and", "to", "plus", "minus", "times", "over", "divided", "by"})
-_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degrees?\b")
+# "x = 5 or x = 6", "3 \text{ and } 5": several answers, written as a list.
+_AND_OR_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s*")
+_PERCENT_WORD_RE = re.compile(r"\s*(?<![A-Za-z\\])percent(?![A-Za-z])|(?<!\\)%")
+_DEGREE_RE = re.compile(
+    r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degrees?(?![A-Za-z]))"
+    r"(?:\s*(?:\\mathrm\s*\{\s*[CF]\s*\}|[CF])\s*$)?"  # "928^\circ C": degrees Celsius
+)
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
-_ASSIGNMENT_RE = re.compile(r"^[A-Za-z](?:_\{?\w{1,8}\}?)?\s*(?:=|\\in(?![A-Za-z]))\s*")
+_GREEK = (
+    "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|"
+    "xi|rho|sigma|tau|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|Lambda|Xi|Sigma|Phi|"
+    "Psi|Omega"
+)
+# A single variable: `x`, `a_1`, `x_{12}`, `\theta`, `y'` (not `\pi`: a number, nor `f(x)`).
+_VARIABLE = r"(?:[A-Za-z]|\\(?:" + _GREEK + r")(?![A-Za-z]))(?:_\{?[A-Za-z0-9]{1,8}\}?)?'?"
+_VARIABLE_RE = re.compile(r"^\s*" + _VARIABLE + r"\s*$")
+# Relations whose sides are values: "=" (not "<=", ">=", "!="), and `\approx`.
+_RELATION_RE = re.compile(r"(?<![<>!\\])=|\\approx(?![A-Za-z])")
+_ASSIGNMENT_RE = re.compile(
+    r"^(" + _VARIABLE + r")\s*(?:=|\\approx(?![A-Za-z])|\\in(?![A-Za-z]))\s*"
+)
 _FRAC_SHORT_RE = (
     (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
     (re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\w)"), r"\\frac{\1}{\2}"),
@@ -39,6 +58,9 @@ _FRAC_SHORT_RE = (
     (re.compile(r"\\sqrt\s*(\w)"), r"\\sqrt{\1}"),
     (re.compile(r"([_^])\{(\w)\}"), r"\1\2"),
 )
+PLAIN, ASSIGNMENT, EQUATION = 0, 1, 2
+# Whitespace between two digits is kept (as one space): "1 2" is not 12.
+_SPACED_DIGITS_RE = re.compile(r"(?<=\d)\s+(?=\d)")
 _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 _INT_RE = re.compile(r"^([-+]?)(\d+)$")
@@ -46,7 +68,7 @@ _DECIMAL_RE = re.compile(r"^([-+]?)(\d*)\.(\d+)$")
 _SCI_RE = re.compile(r"^([-+]?\d*\.?\d+)(?:[eE]|\\times10\^|\\cdot10\^|\*10\^)\{?([-+]?\d+)\}?$")
 _FRAC_RE = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$")
 _SLASH_RE = re.compile(r"^([-+]?\d+)/(\d+)$")
-_MIXED_RE = re.compile(r"^(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
+_MIXED_RE = re.compile(r"^(\d+)\\frac\{(\d+)\}\{(\d+)\}$|^(\d+) (\d+)/(\d+)$")
 _CHOICE_RE = re.compile(r"^\(?([A-E])\)?$")
 _WORD_RE = re.compile(r"^[A-Za-z]{3,}$")
 _INFINITIES = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1, "∞": 1, "-∞": -1}
@@ -83,38 +105,85 @@ class Collection:
 Value = Number | Collection | str
 
 
-def normalize_answer(answer: str) -> tuple[str, bool]:
-    """Canonical string key of a final answer, and whether it carried a percent sign.
+@functools.lru_cache(maxsize=8192)
+def clean_latex(answer: str) -> str:
+    """An answer with what does not change its value removed, still LaTeX (spaces kept).
 
-    Removes what does not change the value (math delimiters, `\\left`, spacing macros, `\\dfrac`,
-    degree signs, units after a number, `x =` in front, thousands separators, whitespace), so
-    that equal answers written in the usual different ways compare equal as strings.
+    Removes math delimiters, `\\$`, `\\left`/`\\right`, thin spaces and `\\displaystyle`;
+    turns `\\dfrac`/`\\tfrac` into `\\frac`, spacing macros into spaces, "percent" and `%` into
+    `\\%`; drops degree signs and a trailing unit (`zero_rl.rewards.units`); unwraps `\\text{}`
+    and friends; writes "a and b" / "a or b" as the list "a, b". This is the form the symbolic
+    stage parses too, so both stages read an answer the same way.
     """
-    s = answer.strip().replace("\n", " ")
-    s = s.replace("\\$", "").replace("$", "")
+    s = answer.strip().replace("\n", " ").replace("\\$", "").replace("$", "")
     for opening, closing in (("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(opening) and s.endswith(closing):
             s = s[len(opening) : -len(closing)]
     s = _LEFT_RIGHT_RE.sub("", s)
-    for macro in _IGNORED_MACROS:
-        s = s.replace(macro, " " if macro == "~" else "")
+    s = _JOINING_RE.sub("", s)
+    s = _SPACING_RE.sub(" ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
     s = _DEGREE_RE.sub("", s)
-    percent = "%" in s
-    s = s.replace("\\%", "").replace("%", "").strip().rstrip(".").strip()
-    without_unit = _TEXT_UNIT_RE.sub("", s).strip()
-    if without_unit:  # "\text{Evelyn}" alone is the answer, not a unit
-        s = without_unit
-    s = _TEXT_RE.sub(r"\1", s).strip()
-    word_unit = _WORD_UNIT_RE.match(s)
-    if word_unit and not _CONNECTIVES.intersection(s[word_unit.end(1) :].lower().split()):
-        s = word_unit.group(1)
+    s = _PERCENT_WORD_RE.sub("\\\\%", s.replace("\\text{percent}", "%"))
+    s = strip_unit(s.strip().rstrip(".").strip())
+    without_text = _TEXT_RE.sub(r"\1", s).strip()
+    s = strip_unit(without_text) if without_text else s
+    s = _AND_OR_RE.sub(", ", s).strip(" ,")
+    return " ".join(s.split())
+
+
+def relation_kind(cleaned: str) -> int:
+    """PLAIN (no relation), ASSIGNMENT (each relation is `variable = value`, as in `x = 3` or
+    `x = 1, y = 2`), or EQUATION (anything else with `=`/`\\approx`: `3 = 5`, `x = 5 = 6`,
+    `y - 2x = 3`) for an answer after `clean_latex`."""
+    enclosed = _enclosing_brackets(cleaned)
+    body = enclosed[1] if enclosed is not None else cleaned
+    kind = PLAIN
+    for part in _split_top_level(body) or [body]:
+        sides = _RELATION_RE.split(part)
+        if len(sides) == 1:
+            continue
+        if len(sides) == 2 and _VARIABLE_RE.match(sides[0]) and sides[1].strip():
+            kind = ASSIGNMENT
+        else:
+            return EQUATION
+    return kind
+
+
+def _strip_assignments(s: str) -> str:
+    """The values of `x = 3` and of `x = 5, x = 6` (one variable, several values); a tuple of
+    different variables ("x=1, y=2") keeps its names."""
     assignment = _ASSIGNMENT_RE.match(s)
-    if assignment and "=" not in s[assignment.end() :]:  # "x=1,y=2" is a tuple, kept whole
-        s = s[assignment.end() :]
+    if assignment and not _RELATION_RE.search(s, assignment.end()):
+        return s[assignment.end() :]
+    parts = _split_top_level(s)
+    if parts is None or len(parts) < 2:
+        return s
+    names, values = set(), []
+    for part in parts:
+        match = _ASSIGNMENT_RE.match(part.strip())
+        if match is None or _RELATION_RE.search(part.strip(), match.end()):
+            return s
+        names.add(match.group(1).replace(" ", ""))
+        values.append(part.strip()[match.end() :])
+    return ", ".join(values) if len(names) == 1 else s
+
+
+@functools.lru_cache(maxsize=8192)
+def normalize_answer(answer: str) -> tuple[str, bool]:
+    """Canonical string key of a final answer, and whether it carried a percent sign.
+
+    `clean_latex`, then also `x =` in front, short forms (`\\frac12`, `\\sqrt2`), thousands
+    separators and whitespace are removed, so that equal answers written in the usual different
+    ways compare equal as strings. Whitespace between two digits is kept as one space.
+    """
+    s = clean_latex(answer)
+    percent = "\\%" in s
+    s = s.replace("\\%", "").strip().rstrip(".").strip()
+    s = _strip_assignments(s)
     for pattern, replacement in _FRAC_SHORT_RE:
         s = pattern.sub(replacement, s)
-    s = "".join(s.split()).rstrip(".")
+    s = "".join(_SPACED_DIGITS_RE.sub("\0", s).split()).replace("\0", " ").rstrip(".")
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     return s, percent
@@ -144,8 +213,8 @@ def parse_number(key: str, percent: bool = False) -> Number | None:
         if int(m.group(2)) == 0:
             return None
         return Number(Fraction(int(m.group(1)), int(m.group(2))), percent=percent)
-    if m := _MIXED_RE.match(key):
-        whole, numerator, denominator = (int(g) for g in m.groups())
+    if m := _MIXED_RE.match(key):  # `1\frac{4}{5}`, or "3 1/2" as GSM8K answers write it
+        whole, numerator, denominator = (int(g) for g in m.groups() if g is not None)
         # Only a proper fraction reads as a mixed number; `2\frac{3}{2}` is left to sympy.
         if 0 < numerator < denominator:
             return Number(whole + Fraction(numerator, denominator), percent=percent)

@@ -24,6 +24,7 @@ from multiprocessing.connection import wait
 
 from zero_rl.rewards import worker
 from zero_rl.rewards.equivalence import DEFAULT_REL_TOL, fast_equivalence
+from zero_rl.rewards.normalize import MAX_ANSWER_CHARS
 
 _STARTUP_TIMEOUT_S = 120.0
 _PRELOAD_MODULE = "zero_rl.rewards.worker_preload"
@@ -33,9 +34,18 @@ _SOFT_TIMEOUT_FRACTION = 0.8
 _MAX_CHUNK = 32
 
 
+class _OverBudget(Exception):
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
-    """Outcome of one (prediction, gold) check."""
+    """Outcome of one (prediction, gold) check.
+
+    `timed_out` means over the verification budget, which is always incorrect: out of time,
+    out of memory or stack in the worker, a worker that died mid-check, or a prediction longer
+    than `MAX_ANSWER_CHARS`.
+    """
 
     correct: bool
     timed_out: bool = False
@@ -56,9 +66,10 @@ class VerifierPool:
     Use as a context manager or call `close()`. As with any 'forkserver'/'spawn' process, a
     script that starts a pool must guard its entry point with `if __name__ == "__main__":`.
 
-    Counters: `timeouts` (checks that ran out of time), `restarts` (workers replaced after a
-    timeout or crash), `crashes` (workers that died), `recycles` (workers retired after
-    `max_checks_per_worker`), `errors` (checks that raised).
+    Counters: `timeouts` (checks over budget, see `CheckResult`), `restarts` (workers replaced
+    after a timeout or crash), `crashes` (workers that died), `recycles` (workers retired after
+    `max_checks_per_worker`), `errors` (checks that raised something else), `symbolic` (pairs
+    that needed a worker: the cheap checks could not decide them).
 
     Args:
       num_workers: worker processes; default min(os.cpu_count(), 8).
@@ -99,6 +110,7 @@ class VerifierPool:
         self._lock = threading.Lock()
         self._closed = False
         self.timeouts = self.restarts = self.crashes = self.recycles = self.errors = 0
+        self.symbolic = 0
         self._workers: list[_Worker] = []
         launched = [self._launch() for _ in range(num_workers)]
         try:
@@ -163,7 +175,7 @@ class VerifierPool:
 
         Cheap checks (`fast_equivalence`, linear time) run here; the rest are de-duplicated and
         sent to the workers, each under a wall-clock limit of `timeout_s` (default: the pool's).
-        A check that runs out of time is incorrect and `timed_out`.
+        A check over the budget (see `CheckResult`) is incorrect and `timed_out`.
         """
         if len(preds) != len(golds):
             raise ValueError(f"{len(preds)} predictions but {len(golds)} gold answers")
@@ -174,18 +186,34 @@ class VerifierPool:
             raise RuntimeError("VerifierPool is closed")
         results: list[CheckResult | None] = [None] * len(preds)
         undecided: dict[tuple[str, str], list[int]] = {}
+        over_budget = 0
         for i, (pred, gold) in enumerate(zip(preds, golds)):
-            verdict = fast_equivalence(pred, gold, rel_tol=rel_tol)
+            if not isinstance(pred, str) or not isinstance(gold, str):
+                raise TypeError(
+                    f"preds[{i}] and golds[{i}] must be str, got "
+                    f"{type(pred).__name__} and {type(gold).__name__}"
+                )
+            try:
+                if len(pred) > MAX_ANSWER_CHARS:
+                    raise _OverBudget
+                verdict = fast_equivalence(pred, gold, rel_tol=rel_tol)
+            except (_OverBudget, RecursionError, MemoryError):
+                results[i] = CheckResult(False, timed_out=True)
+                over_budget += 1
+                continue
             if verdict is None:
                 undecided.setdefault((pred, gold), []).append(i)
             else:
                 results[i] = CheckResult(verdict)
+        with self._lock:
+            self.timeouts += over_budget
         if undecided:
             # Grouped by gold so that a worker's chunk reuses its cached parse of the gold.
             pairs = sorted(undecided, key=lambda pair: pair[1])
             with self._lock:
                 if self._closed:
                     raise RuntimeError("VerifierPool is closed")
+                self.symbolic += len(pairs)
                 outcomes = self._run(pairs, timeout_s, rel_tol)
             for pair, outcome in zip(pairs, outcomes):
                 for i in undecided[pair]:
@@ -254,11 +282,13 @@ class VerifierPool:
                 self.errors += status == worker.STATUS_ERROR
                 outcomes[task_id] = CheckResult(correct, status == worker.STATUS_TIMEOUT)
         except (EOFError, OSError):
-            # The worker died mid-check (e.g. killed by the OOM killer): that check fails.
+            # The worker died mid-check (e.g. killed by the OOM killer): that check is over
+            # budget.
             self.crashes += 1
             self.restarts += 1
             if w.in_flight:
-                outcomes[w.in_flight.popleft()] = CheckResult(False)
+                self.timeouts += 1
+                outcomes[w.in_flight.popleft()] = CheckResult(False, timed_out=True)
             pending.extendleft(reversed(w.in_flight))
             w.in_flight.clear()
             self._replace(index, graceful=False)

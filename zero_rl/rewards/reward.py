@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from zero_rl.rewards.equivalence import DEFAULT_REL_TOL
-from zero_rl.rewards.extract import extract
+from zero_rl.rewards.extract import extract_with_budget
+from zero_rl.rewards.gold import normalize_gold
 from zero_rl.rewards.pool import VerifierPool
 
 MODES = ("correctness", "format_aware")
@@ -21,7 +22,8 @@ class RewardConfig:
     """How responses are scored; build it from keyword args (`RewardConfig(**config.reward)`).
 
     mode="correctness": `correct_reward` / `incorrect_reward`, minus `format_penalty` when the
-    response has no `\\boxed{}` answer.
+    response has no answer in the required format (a `\\boxed{}`, or the closed `<answer>` tag
+    of the R1-Zero template).
     mode="format_aware" (SimpleRL-Zoo): correct and boxed `correct_boxed_reward`; correct but not
     boxed (e.g. "the answer is 5") `correct_unboxed_reward`; wrong but boxed `wrong_boxed_reward`;
     anything else, i.e. no answer or a wrong unboxed one, `no_answer_reward`.
@@ -69,7 +71,12 @@ class RewardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """The grading of one response."""
+    """The grading of one response.
+
+    `boxed`: the answer is in the required format, a `\\boxed{}` or the closed `<answer>` tag
+    that ends an R1-Zero response (`Extraction.boxed`). `timed_out`: over the verification
+    budget (see `score`), hence incorrect.
+    """
 
     correct: bool
     extracted: str | None
@@ -112,45 +119,74 @@ def _close_default_pool() -> None:
         _default_pool.close()
 
 
+def _normalized_golds(answers: Sequence, gold_format: str | None) -> list[str]:
+    """`normalize_gold` of each answer, once per distinct answer (a batch repeats each gold
+    `group_size` times); errors name the answer's index."""
+    cache: dict = {}
+    golds = []
+    for i, answer in enumerate(answers):
+        key = (type(answer), answer) if isinstance(answer, (str, int, float)) else None
+        if key is not None and key in cache:
+            golds.append(cache[key])
+            continue
+        try:
+            gold = normalize_gold(answer, gold_format)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"answers[{i}]: {error}") from None
+        if key is not None:
+            cache[key] = gold
+        golds.append(gold)
+    return golds
+
+
 def score(
     responses: Sequence[str],
-    answers: Sequence[str],
+    answers: Sequence,
     *,
     config: RewardConfig | None = None,
     pool: VerifierPool | None = None,
+    gold_format: str | None = None,
 ) -> list[Verdict]:
-    """Grade a batch of responses against gold answers (see `normalize_gold`), one Verdict each.
+    """Grade a batch of responses against gold answers, one Verdict each.
 
-    Extraction and cheap checks run in this process; symbolic checks go through `pool` (default:
-    the module-level pool) under `config.timeout_s` each.
+    Args:
+      responses: [batch] model responses.
+      answers: [batch] gold answers in any format `normalize_gold` reads (a MATH answer or
+        solution, a GSM8K solution ending in `#### N`, an OlympiadBench list, an AMC number);
+        each goes through `normalize_gold`, which leaves an already normalised answer as it is.
+      config: reward settings (default `RewardConfig()`).
+      pool: where symbolic checks run (default: the module-level pool).
+      gold_format: the dataset format of `answers`, one of `DATASETS`; None infers it.
+
+    Extraction and cheap checks run in this process; symbolic checks go through `pool` under
+    `config.timeout_s` each. `Verdict.timed_out` means over the verification budget: a check
+    out of time or memory, or a marked answer longer than `MAX_ANSWER_CHARS`; such a response
+    is incorrect and scored as having no answer.
     """
     config = config or RewardConfig()
     if len(responses) != len(answers):
         raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
-    for i, (response, answer) in enumerate(zip(responses, answers)):
+    for i, response in enumerate(responses):
         if not isinstance(response, str):
             raise TypeError(f"responses[{i}] is {type(response).__name__}, expected str")
-        if not isinstance(answer, str):
-            raise TypeError(
-                f"answers[{i}] is {type(answer).__name__}, expected str (see normalize_gold)"
-            )
-    extractions = [
-        extract(response, last_number_fallback=config.last_number_fallback)
+    golds = _normalized_golds(answers, gold_format)
+    extracted = [
+        extract_with_budget(response, last_number_fallback=config.last_number_fallback)
         for response in responses
     ]
-    answered = [i for i, extraction in enumerate(extractions) if extraction is not None]
+    answered = [i for i, (extraction, _) in enumerate(extracted) if extraction is not None]
     checks = {}
     if answered:
         pool = pool or default_pool(config.num_workers)
         results = pool.check(
-            [extractions[i].answer for i in answered],
-            [answers[i] for i in answered],
+            [extracted[i][0].answer for i in answered],
+            [golds[i] for i in answered],
             timeout_s=config.timeout_s,
             rel_tol=config.rel_tol,
         )
         checks = dict(zip(answered, results))
     verdicts = []
-    for i, extraction in enumerate(extractions):
+    for i, (extraction, over_budget) in enumerate(extracted):
         check = checks.get(i)
         correct = check is not None and check.correct
         boxed = extraction is not None and extraction.boxed
@@ -159,7 +195,7 @@ def score(
                 correct=correct,
                 extracted=None if extraction is None else extraction.answer,
                 reward=reward_for(correct, boxed, config),
-                timed_out=check is not None and check.timed_out,
+                timed_out=over_budget or (check is not None and check.timed_out),
                 boxed=boxed,
             )
         )

@@ -10,6 +10,7 @@ import time
 from zero_rl.rewards.equivalence import is_equivalent, symbolic_equivalence
 
 STATUS_OK = 0
+# Over the verification budget: out of time, out of memory, or too deeply nested.
 STATUS_TIMEOUT = 1
 STATUS_ERROR = 2
 
@@ -61,7 +62,9 @@ def check_one(pred: str, gold: str, rel_tol: float, soft_timeout_s: float) -> tu
     """(correct, status) of one pair, interrupted by SIGALRM after `soft_timeout_s`.
 
     The alarm lets pure-Python sympy loops stop without losing the worker; a check stuck in C
-    (a huge integer power) ignores it and is killed by the parent's wall clock instead.
+    (a huge integer power) ignores it and is killed by the parent's wall clock instead. Running
+    out of memory (the worker's address-space limit) or of stack is over budget too, like the
+    alarm: STATUS_TIMEOUT. Any other exception is STATUS_ERROR.
     """
     try:
         signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
@@ -69,9 +72,9 @@ def check_one(pred: str, gold: str, rel_tol: float, soft_timeout_s: float) -> tu
             return is_equivalent(pred, gold, rel_tol=rel_tol), STATUS_OK
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-    except _SoftTimeout:
+    except (_SoftTimeout, MemoryError, RecursionError):
         return False, STATUS_TIMEOUT
-    except (Exception, RecursionError, MemoryError):
+    except Exception:
         return False, STATUS_ERROR
 
 
