@@ -52,6 +52,9 @@ def get_config() -> ConfigDict:
             template="plain",
             carry_error_rate=0.5,
             limit=config_dict.placeholder(int),
+            # A record without both fields: "raise" names its file and line, "skip" leaves it
+            # out and reports the count.
+            on_error="raise",
         )
     )
 

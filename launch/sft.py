@@ -53,12 +53,17 @@ def load_pairs(data_cfg, seed: int) -> list[tuple[str, str]]:
         examples = AdditionTask().split("train")[: data_cfg.limit]
         pairs = sft_pairs(examples, carry_error_rate=data_cfg.carry_error_rate, seed=seed)
     else:
-        pairs = read_sft_pairs(
+        read = read_sft_pairs(
             data_cfg.source,
             prompt_field=data_cfg.prompt_field,
             response_field=data_cfg.response_field,
             limit=data_cfg.limit,
+            on_error=data_cfg.on_error,
         )
+        if read.num_skipped:
+            print(f"skipped {read.num_skipped} bad records of {data_cfg.source}, first: "
+                  f"{read.skipped[0]}")  # fmt: skip
+        pairs = read.pairs
     return [(apply_template(data_cfg.template, prompt), response) for prompt, response in pairs]
 
 
@@ -86,7 +91,10 @@ def main(argv):
     tokenizer = load_tokenizer(config.tokenizer)
     model = load_model(config.model, mesh)
     pairs = load_pairs(config.data, config.sft.seed)
-    print(f"model {model.cfg}\ntokenizer {tokenizer}\n{len(pairs)} pairs, first: {pairs[0]!r}")
+    print(
+        f"model {model.cfg}\ntokenizer {tokenizer}\ntemplate={config.data.template}\n"
+        f"{len(pairs)} pairs, first: {pairs[0]!r}"
+    )
     model = train_sft(
         config.sft, model=model, tokenizer=tokenizer, pairs=pairs, workdir=_WORKDIR.value, mesh=mesh
     )

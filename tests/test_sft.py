@@ -300,13 +300,73 @@ def test_read_sft_pairs(tmp_path):
     path = tmp_path / "data.jsonl"
     rows = [{"q": "What is 1 + 2?\n", "a": "1+2=3, \\boxed{3}"}, {"q": "x", "a": "y"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert read_sft_pairs(path, prompt_field="q", response_field="a") == [
-        (r["q"], r["a"]) for r in rows
-    ]
-    assert len(read_sft_pairs(path, prompt_field="q", response_field="a", limit=1)) == 1
+    read = read_sft_pairs(path, prompt_field="q", response_field="a")
+    assert read.pairs == [(r["q"], r["a"]) for r in rows] and read.num_skipped == 0
+    assert len(read_sft_pairs(path, prompt_field="q", response_field="a", limit=1).pairs) == 1
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "x"}) + "\n")
     with pytest.raises(RecordError, match=r"data.jsonl:line 2: field 'a' is missing"):
         read_sft_pairs(path, prompt_field="q", response_field="a")
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip'"):
+        read_sft_pairs(path, prompt_field="q", response_field="a", on_error="ignore")
+
+
+def test_read_sft_pairs_skips_and_counts_bad_records(tmp_path, caplog):
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps({"q": "1+1?", "a": "2"}), "{not json", json.dumps([1, 2]),
+             json.dumps({"q": "", "a": "3"}), json.dumps({"q": "2+2?", "a": 4}),
+             json.dumps({"q": "3+3?", "a": "6"})]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        read = read_sft_pairs(path, prompt_field="q", response_field="a", on_error="skip")
+    assert read.pairs == [("1+1?", "2"), ("3+3?", "6")]
+    assert read.num_skipped == 4 and "skipped 4 bad records" in caplog.text
+    for message, line in zip(read.skipped, (2, 3, 4, 5)):
+        assert message.startswith(f"{path}:line {line}: "), message
+    assert "malformed JSON" in read.skipped[0] and "not an object" in read.skipped[1]
+    assert "field 'q'" in read.skipped[2] and "field 'a'" in read.skipped[3]
+    path.write_text(lines[1] + "\n")
+    with pytest.raises(RecordError, match=r"no usable records \(1 skipped\)"):
+        read_sft_pairs(path, prompt_field="q", response_field="a", on_error="skip")
+
+
+def test_epochs_reshuffle_and_seeds_differ():
+    docs = [([i + 4], [i + 5, i + 6]) for i in range(24)]  # 3 tokens each, all distinct
+
+    def doc_order(seed, batches):
+        stream = packed_batches(docs, seq_len=6, pad_id=0, batch_rows=2, seed=seed)
+        order = []
+        for _ in range(batches):
+            batch = next(stream)
+            for tokens, segment_ids in zip(batch["tokens_bt"], batch["segment_ids_bt"]):
+                order += [int(tokens[segment_ids == s][0]) - 4 for s in (1, 2)]
+        return order
+
+    # 2 documents per row, 2 rows per batch: 6 batches per epoch.
+    order = doc_order(seed=3, batches=12)
+    epoch0, epoch1 = order[:24], order[24:]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(24))
+    assert epoch0 != epoch1
+    # An epoch's order is the permutation of (seed, epoch), so packing kept it.
+    assert epoch1 == np.random.default_rng((3, 1)).permutation(24).tolist()
+    assert doc_order(seed=4, batches=12) != order
+
+
+def test_resume_refuses_other_data(addition_run, tmp_path):
+    _, _, workdir, config, tokenizer = addition_run
+    shutil.copytree(workdir / "sft_checkpoints", tmp_path / "sft_checkpoints")
+    pairs = sft_pairs(AdditionTask().split("train"), carry_error_rate=0.0, seed=0)
+    other_answer = [(pairs[0][0], pairs[0][1] + " "), *pairs[1:]]
+    for sft_cfg_changes, run_pairs, field in (
+        ({}, pairs[:-1], "num_docs"),
+        ({"seed": 1}, pairs, "seed"),
+        ({"seq_len": 96}, pairs, "seq_len"),
+        ({}, other_answer, "data_fingerprint"),
+    ):
+        sft_cfg = config.sft.copy_and_resolve_references()
+        sft_cfg.update(sft_cfg_changes)
+        with pytest.raises(ValueError, match=rf"trained with {field}=.* but this run has {field}="):
+            train_sft(sft_cfg, model=tiny_model(config), tokenizer=tokenizer, pairs=run_pairs,
+                      workdir=str(tmp_path))  # fmt: skip
 
 
 def test_launch_sft_end_to_end(tmp_path):
@@ -315,16 +375,28 @@ def test_launch_sft_end_to_end(tmp_path):
         sys.executable, "launch/sft.py", "--config=configs/sft_tiny.py", f"--workdir={workdir}",
         "--config.sft.steps=2", "--config.sft.log_every=1", "--config.sft.batch_size=8",
         "--config.sft.seq_len=64", "--config.data.limit=32",
+        "--config.model.rope_theta=5e5", "--config.model.max_position=8192",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"sft step 2/2 loss \d", result.stdout), result.stdout
+    assert "\ntemplate=plain\n" in result.stdout, result.stdout
     assert (workdir / "sft_checkpoints" / "2").is_dir()
     assert (workdir / "tb").is_dir()
     config = tiny_config()
     exported = from_hf(workdir / "hf")
-    assert exported.cfg == tiny_model(config).cfg.replace(hf_architecture="LlamaForCausalLM")
+    # The long-context overrides reach the model and its export.
+    assert (exported.cfg.rope_theta, exported.cfg.max_position) == (5e5, 8192)
+    assert exported.cfg == tiny_model(config).cfg.replace(
+        hf_architecture="LlamaForCausalLM", rope_theta=5e5, max_position=8192
+    )
+    with open(workdir / "hf" / "config.json") as f:
+        hf_config = json.load(f)
+    assert hf_config["max_position_embeddings"] == 8192
+    assert (
+        hf_config.get("rope_theta", hf_config.get("rope_parameters", {}).get("rope_theta")) == 5e5
+    )
     # The export holds the trained weights, not the initial ones (same seed, 2 Adam steps away).
     initial_embed = np.asarray(tiny_model(config, seed=config.model.init_seed).embed[...])
     assert 0 < np.abs(np.asarray(exported.embed[...]) - initial_embed).max() < 0.1

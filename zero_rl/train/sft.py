@@ -10,11 +10,15 @@ gives exactly the gradient of one document per row.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +38,8 @@ from zero_rl.train.packing import packed_batches
 
 BATCH_AXES = ("batch", "length")
 
+log = logging.getLogger(__name__)
+
 
 def tokenize_pairs(
     tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]
@@ -50,33 +56,97 @@ def tokenize_pairs(
     return list(zip(prompts, responses, strict=True))
 
 
+@dataclasses.dataclass
+class SFTPairs:
+    """(prompt, response) pairs read from one file, and a `path:line: reason` message per
+    skipped record."""
+
+    pairs: list[tuple[str, str]]
+    skipped: list[str]
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+
 def read_sft_pairs(
-    path: str | os.PathLike, *, prompt_field: str, response_field: str, limit: int | None = None
-) -> list[tuple[str, str]]:
+    path: str | os.PathLike,
+    *,
+    prompt_field: str,
+    response_field: str,
+    limit: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> SFTPairs:
     """(prompt, response) pairs from the string fields of a .jsonl, .json or .parquet file.
 
-    A record without both fields as non-empty strings raises, naming the file and line/row.
+    A record without both fields as non-empty strings raises a RecordError naming the file and
+    line/row (`on_error="raise"`), or is left out and counted in `SFTPairs.skipped` ("skip").
     """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no SFT data file at {path}")
-    pairs = []
+    pairs, skipped = [], []
     for location, record in _iter_records(path):
         if limit is not None and len(pairs) >= limit:
             break
+        problem = None
         if isinstance(record, Exception):
-            raise RecordError(f"{path}:{location}: {record}")
-        if not isinstance(record, dict):
-            raise RecordError(
-                f"{path}:{location}: record is a {type(record).__name__}, not an object"
-            )
-        for field in (prompt_field, response_field):
-            if not isinstance(record.get(field), str) or not record[field]:
-                raise RecordError(f"{path}:{location}: field {field!r} is missing or not a string")
+            problem = str(record)
+        elif not isinstance(record, dict):
+            problem = f"record is a {type(record).__name__}, not an object"
+        else:
+            for field in (prompt_field, response_field):
+                if not isinstance(record.get(field), str) or not record[field]:
+                    problem = f"field {field!r} is missing or not a string"
+                    break
+        if problem is not None:
+            if on_error == "raise":
+                raise RecordError(f"{path}:{location}: {problem}")
+            skipped.append(f"{path}:{location}: {problem}")
+            continue
         pairs.append((record[prompt_field], record[response_field]))
+    if skipped:
+        log.warning("%s: skipped %d bad records, first: %s", path, len(skipped), skipped[0])
     if not pairs:
-        raise RecordError(f"{path}: no records")
-    return pairs
+        raise RecordError(f"{path}: no usable records ({len(skipped)} skipped)")
+    return SFTPairs(pairs, skipped)
+
+
+def data_fingerprint(docs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
+    """sha256 of every document's prompt and response token ids, in order: a checkpoint taken
+    on other pairs, another template or another tokenizer has another fingerprint."""
+    digest = hashlib.sha256()
+    for prompt, response in docs:
+        digest.update(np.asarray([len(prompt), len(response)], np.int64).tobytes())
+        digest.update(np.asarray([*prompt, *response], np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _data_meta(sft_cfg, docs) -> dict[str, Any]:
+    """What decides the packed batch stream; saved with each checkpoint, checked on resume."""
+    return {
+        "num_docs": len(docs),
+        "seed": int(sft_cfg.seed),
+        "seq_len": int(sft_cfg.seq_len),
+        "batch_size": int(sft_cfg.batch_size),
+        "overflow": sft_cfg.get("overflow", "error"),
+        "data_fingerprint": data_fingerprint(docs),
+    }
+
+
+def _check_resume(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """Refuses to resume on other data: the step count would continue, the stream would not."""
+    for key, value in expected.items():
+        if key not in meta:  # a checkpoint written before its data was recorded
+            log.warning("%s does not record %s; cannot check it matches this run", where, key)
+        elif meta[key] != value:
+            raise ValueError(
+                f"{where} was trained with {key}={meta[key]!r} but this run has {key}={value!r}; "
+                "resuming would not continue the same data stream: use the original data and "
+                "settings, or another workdir"
+            )
 
 
 def response_nll_sum(
@@ -274,7 +344,8 @@ def train_sft(
     copied but donated to the first step, so the model is unusable if training fails. With a
     `workdir`, TensorBoard scalars go to `workdir/tb` and orbax checkpoints to
     `workdir/sft_checkpoints`, from which a restarted run resumes at the step it reached, on the
-    same data order.
+    same data order; a checkpoint taken on other data (count, seed, seq_len, batch size or
+    token fingerprint, see `_data_meta`) makes it raise rather than resume.
 
     Args:
       sft_cfg: ConfigDict with steps, batch_size (packed rows per step), seq_len, grad_accum,
@@ -287,6 +358,7 @@ def train_sft(
     _check_config(sft_cfg, model, tokenizer, mesh)
     CompileCounter.install()
     docs = tokenize_pairs(tokenizer, pairs)
+    data_meta = _data_meta(sft_cfg, docs)
     optimizer, schedule = make_optimizer(sft_cfg.optim, sft_cfg.steps)
     graphdef, params = nnx.split(model)
     abstract_state, init_opt_state = _abstract_state(model, params, optimizer, mesh)
@@ -303,7 +375,12 @@ def train_sft(
         step = jax.device_put(jnp.int32(0), state_sh["step"])
         state = {"params": params, "opt_state": init_opt_state(params), "step": step}
     else:
-        start_step, state, _ = restored
+        start_step, state, meta = restored
+        try:
+            _check_resume(meta, data_meta, f"SFT checkpoint {checkpointer.directory}/{start_step}")
+        except ValueError:
+            checkpointer.close()
+            raise
     del params
 
     step_fn = jax.jit(
@@ -348,7 +425,7 @@ def train_sft(
                 if checkpointer is not None and (
                     step % sft_cfg.checkpoint_every == 0 or step == sft_cfg.steps
                 ):
-                    checkpointer.save(step, state, {"step": step})
+                    checkpointer.save(step, state, {"step": step, **data_meta})
     finally:  # an interrupted run still finishes its last checkpoint and event file
         progress.close()
         if checkpointer is not None:
