@@ -1,14 +1,22 @@
 """Benchmark evaluation of a policy, or grading of outputs produced elsewhere.
 
-    python launch/eval.py --config=configs/qwen2_5_math_7b.py --checkpoint=WORKDIR \
-        --out_dir=/tmp/eval                         # the six SimpleRL-Zoo benchmarks, greedy
+    python launch/eval.py --checkpoint=WORKDIR --out_dir=/tmp/eval   # six benchmarks, greedy
     python launch/eval.py --config=configs/qwen2_5_math_7b.py --hf_model=DIR \
         --benchmarks=aime24 --num_samples=32 --temperature=1.0 --out_dir=...   # avg@32, pass@k
-    python launch/eval.py --grade_only --input=vllm_outputs.jsonl --out_dir=...
+    python launch/eval.py --grade_only --input=vllm_outputs.jsonl --out_dir=... \
+        [--benchmark=aime24]     # the benchmark of lines without one (default: the file name)
 
 Writes OUT_DIR/<benchmark>/generations.jsonl (every response with its verdict),
 OUT_DIR/summary.json and TensorBoard scalars in OUT_DIR/tb. Rerunning with the same OUT_DIR
-resumes. `--config.x=y` overrides config keys (model dtype, mesh, reward rules, ...).
+resumes; OUT_DIR is for one policy (another policy's generations there are refused).
+
+The config: a trainer workdir given as --checkpoint holds the run's config.json, and that is
+the config used (so a model or tokenizer set on the training command line is not lost);
+`--config.x=y` overrides its keys (mesh, model dtype, reward rules, ...). An explicit
+--config=FILE is used instead only when it agrees with the saved config on the keys that pick
+the parameters and tokenizer (model.preset/dims/hf_path, tokenizer.path, rl.estimator/critic);
+otherwise it is an error. Without a saved config (an HF model, checkpoints copied on their
+own), --config (default configs/tiny.py) is the config.
 """
 
 import importlib
@@ -21,9 +29,23 @@ from ml_collections import config_flags
 
 from zero_rl import sharding
 from zero_rl.data import FieldMapping, default_template, get_template
-from zero_rl.eval import SIMPLERL_ZOO_BENCHMARKS, format_summary, load_eval_sets, run_benchmarks
+from zero_rl.eval import (
+    SIMPLERL_ZOO_BENCHMARKS,
+    OutputDirError,
+    format_summary,
+    load_eval_sets,
+    run_benchmarks,
+)
 from zero_rl.eval.grade import grade_outputs, read_outputs
-from zero_rl.eval.policy import load_policy
+from zero_rl.eval.harness import check_prompt_lengths, check_sampling
+from zero_rl.eval.policy import (
+    load_policy,
+    load_run_config,
+    policy_config_conflicts,
+    saved_run_directory,
+    set_key,
+    tokenizer_path,
+)
 from zero_rl.eval.sets import SYNTHETIC
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train.config import reward_config
@@ -55,6 +77,9 @@ _SEQIO_MODULES = flags.DEFINE_list("seqio_modules", [], "modules that register s
 _SEQIO_SPLIT = flags.DEFINE_string("seqio_split", "test", "split of seqio tasks")
 _GRADE_ONLY = flags.DEFINE_bool("grade_only", False, "grade --input instead of generating")
 _INPUT = flags.DEFINE_string("input", None, "outputs JSONL to grade (with --grade_only)")
+_BENCHMARK = flags.DEFINE_string(
+    "benchmark", None, "benchmark of --input lines without one (default: the file's name)"
+)
 _DATASET = flags.DEFINE_string("dataset", None, "gold format of --input's other benchmarks")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "counts tokens of --input's responses")
 _PROGRESS = flags.DEFINE_bool("progress", True, "progress bars on stderr")
@@ -73,6 +98,27 @@ def _ks() -> list[int] | None:
         raise ValueError(f"--ks must be integers, got {_KS.value}") from None
 
 
+def _run_config():
+    """The config to evaluate with (see the module doc) and where it came from."""
+    config = _CONFIG.value
+    run_dir = saved_run_directory(_CHECKPOINT.value) if _CHECKPOINT.value else None
+    if run_dir is None:
+        return config, "--config"
+    saved = load_run_config(run_dir)
+    for key, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
+        set_key(saved, key, value)
+    saved.lock()
+    if not flags.FLAGS["config"].present:
+        return saved, os.path.join(run_dir, "config.json")
+    if conflicts := policy_config_conflicts(saved, config):
+        raise ValueError(
+            f"--config disagrees with the run's {run_dir}/config.json on "
+            f"{'; '.join(conflicts)} (saved vs --config): drop --config to use the saved "
+            "config, or make them agree"
+        )
+    return config, "--config"
+
+
 def _writer() -> SummaryWriter | None:
     return SummaryWriter(os.path.join(_OUT_DIR.value, "tb")) if _TENSORBOARD.value else None
 
@@ -82,7 +128,8 @@ def _grade(config) -> int:
         return _fail("--grade_only needs --input=outputs.jsonl")
     try:
         tokenizer = load_tokenizer(_TOKENIZER.value) if _TOKENIZER.value else None
-        outputs = read_outputs(_INPUT.value, dataset=_DATASET.value)  # every line checked here
+        # Every line is checked here, before anything is written.
+        outputs = read_outputs(_INPUT.value, benchmark=_BENCHMARK.value, dataset=_DATASET.value)
         ks = _ks()
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
@@ -93,6 +140,8 @@ def _grade(config) -> int:
             tokenizer=tokenizer, ks=ks, writer=writer, progress=_PROGRESS.value,
             source=os.path.abspath(_INPUT.value),
         )  # fmt: skip
+    except ValueError as e:  # another run's directory, or a k above a problem's samples
+        return _fail(str(e))
     finally:
         if writer is not None:
             writer.close()
@@ -100,13 +149,14 @@ def _grade(config) -> int:
     return 0
 
 
-def _evaluate(config) -> int:
+def _evaluate() -> int:
     if (_CHECKPOINT.value is None) == (_HF_MODEL.value is None):
         return _fail("give exactly one of --checkpoint=DIR or --hf_model=DIR (or --grade_only)")
-    default_names = [SYNTHETIC] if config.data.train == SYNTHETIC else SIMPLERL_ZOO_BENCHMARKS
-    mesh = sharding.make_mesh(config.mesh.to_dict())
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     try:  # everything that can be wrong with the flags fails here, before the model loads
+        config, config_source = _run_config()
+        default_names = [SYNTHETIC] if config.data.train == SYNTHETIC else SIMPLERL_ZOO_BENCHMARKS
+        mesh = sharding.make_mesh(config.mesh.to_dict())
+        batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
         for module in _SEQIO_MODULES.value:
             importlib.import_module(module)
         sets = load_eval_sets(
@@ -118,16 +168,23 @@ def _evaluate(config) -> int:
         if _BATCH_SIZE.value % batch_devices:
             raise ValueError(f"--batch_size must be a multiple of {batch_devices} (data x fsdp)")
         ks = _ks()
+        check_sampling(_NUM_SAMPLES.value, _TEMPERATURE.value, ks)
         model_name = config.model.preset or os.path.basename(
             os.path.normpath(_HF_MODEL.value or config.model.hf_path or "tiny")
         )
         template = _TEMPLATE.value or config.data.template or default_template(model_name)
         get_template(template)
+        tokenizer = load_tokenizer(tokenizer_path(config, _HF_MODEL.value))
+        max_prompt_len = _MAX_PROMPT_LEN.value or config.sampling.max_prompt_len
+        for eval_set in sets:
+            check_prompt_lengths(eval_set, tokenizer, eval_set.template or template,
+                                 max_prompt_len)  # fmt: skip
         policy = load_policy(config, checkpoint=_CHECKPOINT.value, hf_model=_HF_MODEL.value,
-                             step=_STEP.value, mesh=mesh)  # fmt: skip
+                             step=_STEP.value, mesh=mesh, tokenizer=tokenizer)  # fmt: skip
     except (FileNotFoundError, ValueError, ImportError) as e:
         return _fail(str(e))
-    print(f"evaluating {policy.source} with template {template!r}", file=sys.stderr)
+    print(f"evaluating {policy.source} (config from {config_source}, params {policy.fingerprint})"
+          f" with template {template!r}", file=sys.stderr)  # fmt: skip
     batch_sharding = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", "length")))
     writer = _writer()
     try:
@@ -138,11 +195,14 @@ def _evaluate(config) -> int:
                 temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
                 max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.eval_max_new_tokens
                 or config.sampling.max_new_tokens,
-                max_prompt_len=_MAX_PROMPT_LEN.value or config.sampling.max_prompt_len,
+                max_prompt_len=max_prompt_len,
                 batch_size=_BATCH_SIZE.value, reward=reward_config(config), seed=_SEED.value,
                 ks=ks, batch_sharding=batch_sharding, writer=writer, step=policy.step,
                 progress=_PROGRESS.value, decode_segments=config.sampling.decode_segments,
+                policy_id=policy.fingerprint,
             )  # fmt: skip
+    except OutputDirError as e:
+        return _fail(str(e))
     finally:
         if writer is not None:
             writer.close()
@@ -152,7 +212,7 @@ def _evaluate(config) -> int:
 
 def main(argv):
     del argv
-    return (_grade if _GRADE_ONLY.value else _evaluate)(_CONFIG.value)
+    return _grade(_CONFIG.value) if _GRADE_ONLY.value else _evaluate()
 
 
 if __name__ == "__main__":
