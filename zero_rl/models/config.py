@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -82,13 +83,16 @@ class ModelConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        """The dtype of activations and matmul inputs (`dtype`)."""
         return jnp.dtype(self.dtype)
 
     @property
     def weight_dtype(self) -> jnp.dtype:
+        """The dtype parameters are stored in (`param_dtype`)."""
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with `changes` (field=value); `rope_scaling` may be given as a dict."""
         if isinstance(changes.get("rope_scaling"), dict):
             changes["rope_scaling"] = RopeScaling(**changes["rope_scaling"])
         return dataclasses.replace(self, **changes)
@@ -167,7 +171,7 @@ PRESETS: dict[str, tuple[ModelConfig, float]] = {
     ),
     "qwen2.5-1.5b": (
         _qwen2(vocab_size=151_936, embed_dim=1536, num_layers=28, num_heads=12, num_kv_heads=2,
-               mlp_dim=8960, tie_embeddings=True),
+               mlp_dim=8960, tie_embeddings=True, max_position=131_072),
         1.54e9,
     ),
     "qwen2.5-3b": (
@@ -203,3 +207,37 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
     return PRESETS[name][0].replace(**overrides)
+
+
+# How a model is run, not what it computes: two configs that differ only here load the same
+# checkpoint. Every other field is part of the architecture.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention", "attention_chunk", "value_head",
+                  "separate_critic")  # fmt: skip
+ARCHITECTURE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if f.name not in RUNTIME_FIELDS
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Floats as written in two config files ("1e-05" and a float32 round trip of it) compare
+    # equal to a relative 1e-6; everything else exactly.
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def config_mismatches(expected: ModelConfig, actual: ModelConfig) -> list[str]:
+    """One `"field: expected vs actual"` line per architecture field on which two configs differ.
+
+    Meant to check a checkpoint's config (`actual`, e.g. from `config_from_hf`) against the preset
+    a run names (`expected`): dimensions, vocabulary, RoPE theta and scaling, RMSNorm epsilon,
+    q/k/v bias, tied embeddings, sliding window, maximum position and HF architecture
+    (`ARCHITECTURE_FIELDS`). Fields that only say how the model is run (`RUNTIME_FIELDS`: dtypes,
+    remat, attention implementation, value head) are ignored. An empty list means the two
+    describe the same network.
+    """
+    return [
+        f"{name}: {getattr(expected, name)!r} vs {getattr(actual, name)!r}"
+        for name in ARCHITECTURE_FIELDS
+        if not _same(getattr(expected, name), getattr(actual, name))
+    ]

@@ -1,11 +1,12 @@
 """Hugging Face `transformers` checkpoints (config.json + safetensors) in and out.
 
-Covers `LlamaForCausalLM` (Llama 3.x, DeepSeek-Math), `MistralForCausalLM` and `Qwen2ForCausalLM`.
-Weights move one HF tensor at a time in both directions, so host memory holds about one tensor on
-import (one shard on export), never the whole model: a 32B checkpoint loads on a host with far less
-RAM than its size. HF stores every Linear as [out, in] with heads flattened; this model keeps
-[in, ..., out] with a separate heads axis, so each tensor is a transpose and a reshape away. Both
-use the rotate-half RoPE layout, so q/k need no permutation.
+Covers `LlamaForCausalLM` (Llama 3.x, DeepSeek-Math), `MistralForCausalLM` and `Qwen2ForCausalLM`;
+the config.json side is `zero_rl.models.hf_config`. Weights move one HF tensor at a time in both
+directions, so host memory holds about one tensor on import (one shard on export), never the
+whole model: a 32B checkpoint loads on a host with far less RAM than its size. HF stores every
+Linear as [out, in] with heads flattened; this model keeps [in, ..., out] with a separate heads
+axis, so each tensor is a transpose and a reshape away. Both use the rotate-half RoPE layout, so
+q/k need no permutation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,154 +32,27 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from zero_rl import sharding
-from zero_rl.models.config import ModelConfig, RopeScaling
+from zero_rl.models.config import ModelConfig
+from zero_rl.models.hf_config import config_from_hf, hf_config, read_config_json
 from zero_rl.models.params import abstract_params, param_shardings
 from zero_rl.models.transformer import Transformer
 
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# config_from_hf and hf_config stay importable from here, where they used to live.
+__all__ = ["EXPORT_DTYPES", "config_from_hf", "from_hf", "hf_config", "to_hf"]
+
 EXPORT_DTYPES = ("bfloat16", "float32", "float16")
 
 _SINGLE_FILE = "model.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
 _SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# What `to_hf` writes, and so replaces when overwriting; every other file in the directory
+# (tokenizer, README, ...) is kept.
+_EXPORT_FILES = ("config.json", "generation_config.json", _SINGLE_FILE, _INDEX_FILE)
 # Buffers some exporters saved next to the weights; HF recomputes them from the config too.
 _HARMLESS_EXTRA = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 _FLOAT_DTYPES = ("F32", "BF16", "F16")
-_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads")  # fmt: skip
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZE_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-# --------------------------------------------------------------------------------------------
-# config.json <-> ModelConfig
-
-
-def _architecture(hf: Mapping[str, Any]) -> str:
-    """The `architectures` entry, or the one matching `model_type` when that list is absent."""
-    by_type = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
-    archs = hf.get("architectures") or [by_type.get(hf.get("model_type"))]
-    if archs[0] not in SUPPORTED_ARCHITECTURES:
-        found = archs[0] or f"model_type={hf.get('model_type')!r}"
-        raise ValueError(
-            f"unsupported HF architecture {found}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
-        )
-    return archs[0]
-
-
-def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
-    # transformers<5 writes `rope_theta` + `rope_scaling`; 5.x folds both into `rope_parameters`.
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type == "default":
-        return theta, None
-    if rope_type != "llama3":
-        raise ValueError(
-            f"unsupported rope scaling type {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}"
-        )
-    return theta, RopeScaling(
-        factor=float(rope["factor"]),
-        low_freq_factor=float(rope["low_freq_factor"]),
-        high_freq_factor=float(rope["high_freq_factor"]),
-        original_max_position=int(rope["original_max_position_embeddings"]),
-    )
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
-    """The ModelConfig described by an HF `config.json` (as a dict)."""
-    arch = _architecture(hf)
-    if missing := [k for k in _REQUIRED_KEYS if k not in hf]:
-        raise ValueError(f"HF config for {arch} lacks {missing}")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; only 'silu' is")
-    if hf.get("mlp_bias") or (arch != "Qwen2ForCausalLM" and hf.get("attention_bias")):
-        raise ValueError(f"{arch} with attention_bias/mlp_bias is not supported")
-    if arch == "Qwen2ForCausalLM" and hf.get("use_sliding_window"):
-        raise ValueError(
-            "Qwen2 with use_sliding_window=true (sliding attention on some layers) is not supported"
-        )
-    layer_types = set(hf.get("layer_types") or ["full_attention"])
-    if arch != "MistralForCausalLM" and layer_types != {"full_attention"}:
-        raise ValueError(f"layer_types {sorted(layer_types)} not supported; only full_attention")
-    num_heads = int(hf["num_attention_heads"])
-    theta, scaling = _rope(hf)
-    mistral = arch == "MistralForCausalLM"
-    return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        embed_dim=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
-        num_heads=num_heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // num_heads),
-        mlp_dim=int(hf["intermediate_size"]),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        qkv_bias=arch == "Qwen2ForCausalLM",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        sliding_window=_optional_int(hf.get("sliding_window")) if mistral else None,
-        max_position=int(hf.get("max_position_embeddings", 4096)),
-        hf_architecture=arch,
-    )
-
-
-def hf_config(cfg: ModelConfig, *, dtype: str = "bfloat16") -> dict[str, Any]:
-    """The HF `config.json` dict for `cfg` (written in the transformers 4.x form, which 5.x and
-    serving stacks also read). `dtype` is the weights' dtype on disk."""
-    arch = cfg.hf_architecture
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"hf_architecture={arch!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
-    # HF's Qwen2 always has q/k/v biases and Llama/Mistral never do (Llama's attention_bias
-    # would also add an o_proj bias that this model lacks).
-    if cfg.qkv_bias != (arch == "Qwen2ForCausalLM"):
-        raise ValueError(f"qkv_bias={cfg.qkv_bias} cannot be expressed as {arch}")
-    if cfg.sliding_window is not None and arch != "MistralForCausalLM":
-        raise ValueError(
-            f"sliding_window={cfg.sliding_window} needs MistralForCausalLM, not {arch}"
-        )
-    rope_scaling = None
-    if cfg.rope_scaling is not None:
-        rope_scaling = {"rope_type": "llama3"} | dataclasses.asdict(cfg.rope_scaling)
-        rope_scaling["original_max_position_embeddings"] = rope_scaling.pop("original_max_position")
-    config = {
-        "architectures": [arch],
-        "model_type": SUPPORTED_ARCHITECTURES[arch],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.embed_dim,
-        "intermediate_size": cfg.mlp_dim,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_position,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": rope_scaling,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "torch_dtype": dtype,
-    }
-    if arch == "LlamaForCausalLM":
-        config |= {"attention_bias": False, "mlp_bias": False}
-    elif arch == "MistralForCausalLM":
-        config["sliding_window"] = cfg.sliding_window
-    else:
-        config |= {
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "max_window_layers": cfg.num_layers,
-        }
-    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,10 +134,15 @@ def _listed(names: list[str], limit: int = 8) -> str:
 # Import
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}")
-    return json.loads(path.read_text())
+def _weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from a sharded checkpoint's index file."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a JSON object ({e})") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no 'weight_map' (tensor name -> shard file)")
+    return weight_map
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -269,7 +150,7 @@ def _weight_files(directory: Path) -> list[Path]:
     if (directory / _SINGLE_FILE).is_file():
         return [directory / _SINGLE_FILE]
     if (directory / _INDEX_FILE).is_file():
-        weight_map = _read_json(directory / _INDEX_FILE)["weight_map"]
+        weight_map = _weight_map(directory / _INDEX_FILE)
         files = [directory / f for f in sorted(set(weight_map.values()))]
         if absent := [p.name for p in files if not p.is_file()]:
             raise FileNotFoundError(f"{_INDEX_FILE} in {directory} names missing files {absent}")
@@ -369,22 +250,24 @@ def from_hf(
 ) -> Transformer:
     """Loads an HF checkpoint directory (config.json + safetensors, single or sharded).
 
+    Returns the Transformer, callable as `model(tokens_bt)` -> logits [batch, time, vocab].
     Each parameter is created with its sharding from `param_shardings(cfg, mesh, rules)`, or on
-    the default device without a mesh. `dtype`/`param_dtype` (compute/storage) default to the
-    ModelConfig defaults (float32), whatever the checkpoint's dtype; other keyword arguments
-    override ModelConfig fields (e.g. `remat="full"`). Every tensor name, shape and dtype is
-    checked before any weight is read, so a bad checkpoint never yields a partial model.
+    this process's first local device without a mesh. `dtype`/`param_dtype` (compute/storage)
+    default to the ModelConfig defaults (float32), whatever the checkpoint's dtype; other keyword
+    arguments override ModelConfig fields (e.g. `remat="full"`). Every tensor name, shape and
+    dtype is checked before any weight is read, so a bad checkpoint never yields a partial model.
     """
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"HF checkpoint directory {directory} does not exist")
     dtypes = {"dtype": dtype, "param_dtype": param_dtype}
     overrides = config_overrides | {k: v for k, v in dtypes.items() if v is not None}
-    cfg = config_from_hf(_read_json(directory / "config.json")).replace(**overrides)
+    cfg = config_from_hf(read_config_json(directory / "config.json")).replace(**overrides)
     graphdef, abstract = abstract_params(cfg)
     flat_abstract = dict(nnx.to_flat_state(abstract))
     if mesh is None:
-        default = SingleDeviceSharding(jax.devices()[0])
+        # jax.devices()[0] would be process 0's device on every host of a multi-host run.
+        default = SingleDeviceSharding(jax.local_devices()[0])
         targets = {p: default for p in flat_abstract}
     else:
         targets = dict(nnx.to_flat_state(param_shardings(cfg, mesh, rules)))
@@ -456,22 +339,67 @@ def _shard_plan(entries: list[tuple], max_bytes: int) -> list[list[tuple]]:
     return [*shards, current] if current else shards
 
 
-def _prepare_directory(directory: Path, overwrite: bool, writer: bool) -> None:
+def _check_target(directory: Path, overwrite: bool) -> None:
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} exists and is not a directory")
-    non_empty = directory.is_dir() and any(directory.iterdir())
-    if non_empty and not overwrite:
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{directory} is not empty; pass overwrite=True to replace its checkpoint files"
         )
-    if not writer:
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    # A hard link costs no copy of a large file (the old directory is deleted right after).
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _staging_directory(directory: Path) -> Path:
+    """A new empty sibling of `directory` to write the export into (same filesystem, so that
+    moving it into place is a rename)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        staging = directory.with_name(f".{directory.name}.partial-{os.urandom(4).hex()}")
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            continue
+        if directory.is_dir():
+            shutil.copymode(directory, staging)
+        return staging
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Puts the complete export in `staging` at `directory`.
+
+    Files of an existing `directory` that the export does not write (a tokenizer, a README)
+    are carried over first; the old directory is renamed away before the new one is renamed into
+    place, and deleted only after that, so at every moment one complete checkpoint exists.
+    """
+    if not directory.exists():
+        staging.rename(directory)
         return
-    if non_empty:
-        # Stale shards of an earlier export would otherwise be loaded instead of (or with) ours.
-        for p in directory.iterdir():
-            if p.name in (_SINGLE_FILE, _INDEX_FILE) or _SHARD_FILE.fullmatch(p.name):
-                p.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
+    for p in directory.iterdir():
+        if p.name in _EXPORT_FILES or _SHARD_FILE.fullmatch(p.name):
+            continue  # Stale shards of an earlier export must not be loaded with ours.
+        if p.is_dir() and not p.is_symlink():
+            shutil.copytree(p, staging / p.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(p, staging / p.name)
+    old = staging.with_name(staging.name + ".old")
+    directory.rename(old)
+    try:
+        staging.rename(directory)
+    except BaseException:
+        old.rename(directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def to_hf(
@@ -486,10 +414,14 @@ def to_hf(
     """Writes `model` as an HF checkpoint that `AutoModelForCausalLM.from_pretrained` loads.
 
     Weights go to `model.safetensors`, or to `model-0000k-of-0000n.safetensors` plus an index when
-    they exceed `max_shard_size` (bytes, or a string like "5GB"); host memory holds at most one
-    shard. `extra_config` adds config.json entries the model does not determine (e.g.
-    `bos_token_id`, `eos_token_id`), which also go to generation_config.json. A non-empty `path`
-    is refused unless `overwrite=True`; then only config and weight files are replaced.
+    they exceed `max_shard_size` (bytes, or a string like "5GB"), each tensor in HF's layout
+    (Linear weights [out, in]); host memory holds at most one shard. `extra_config` adds
+    config.json entries the model does not determine (e.g. `bos_token_id`, `eos_token_id`), which
+    also go to generation_config.json. A non-empty `path` is refused unless `overwrite=True`; then
+    config and weight files are replaced and other files (tokenizer, ...) kept. The export is
+    written to a sibling directory and renamed into place once complete, so a failure part-way
+    leaves an earlier checkpoint at `path` as it was. Only process 0 writes; every process must
+    call this (multi-host arrays are gathered).
     """
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype={dtype!r}; valid: {EXPORT_DTYPES}")
@@ -500,8 +432,9 @@ def to_hf(
     config |= dict(extra_config or {})
     max_bytes = _size_in_bytes(max_shard_size)
     directory = Path(path)
-    writer = jax.process_index() == 0
-    _prepare_directory(directory, overwrite, writer)
+    if directory.is_symlink():  # Replace what the link points to, not the link.
+        directory = Path(os.path.realpath(directory))
+    _check_target(directory, overwrite)
 
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     itemsize = jnp.dtype(dtype).itemsize
@@ -511,26 +444,35 @@ def to_hf(
         entries.append((tensor, layer, name, math.prod(shape) * itemsize))
     shards = _shard_plan(entries, max_bytes)
 
-    weight_map = {}
-    for k, shard in enumerate(shards, start=1):
-        file = _SINGLE_FILE
+    writer = jax.process_index() == 0
+    staging = _staging_directory(directory) if writer else None
+    try:
+        weight_map = {}
+        for k, shard in enumerate(shards, start=1):
+            file = _SINGLE_FILE
+            if len(shards) > 1:
+                file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            arrays = {}
+            for tensor, layer, name, _ in shard:
+                param = params[tensor.path].get_value()
+                # Every process joins the gather of a multi-host array; only process 0 writes.
+                arrays[name] = _to_host(_hf_layout(param, layer or 0, tensor=tensor, dtype=dtype))
+                weight_map[name] = file
+            if writer:
+                save_file(arrays, staging / file, metadata={"format": "pt"})
+            del arrays
+        if not writer:
+            return
         if len(shards) > 1:
-            file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        arrays = {}
-        for tensor, layer, name, _ in shard:
-            param = params[tensor.path].get_value()
-            # Every process joins the gather of a multi-host array; only process 0 writes.
-            arrays[name] = _to_host(_hf_layout(param, layer or 0, tensor=tensor, dtype=dtype))
-            weight_map[name] = file
-        if writer:
-            save_file(arrays, directory / file, metadata={"format": "pt"})
-        del arrays
-    if not writer:
-        return
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(e[-1] for e in entries)}, "weight_map": weight_map}
-        (directory / _INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    token_ids = ("bos_token_id", "eos_token_id", "pad_token_id")
-    generation = {"_from_model_config": True} | {k: config[k] for k in token_ids if k in config}
-    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            total = sum(e[-1] for e in entries)
+            _write_json(staging / _INDEX_FILE, {"metadata": {"total_size": total},
+                                                "weight_map": weight_map})  # fmt: skip
+        _write_json(staging / "config.json", config)
+        token_ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+        generation = {"_from_model_config": True} | {k: config[k] for k in token_ids if k in config}
+        _write_json(staging / "generation_config.json", generation)
+        _swap_in(staging, directory)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
