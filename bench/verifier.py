@@ -1,8 +1,11 @@
 """Verifier throughput: `zero_rl.rewards.score` (pool, timeouts, cheap checks first) against
 math-verify called directly in one process, on the same responses.
 
-    python bench/verifier.py                    # synthetic RL-like mix, 2 workers
+    python bench/verifier.py                    # synthetic RL-like mix, 2 workers, 3 rounds
     python bench/verifier.py --input out.jsonl  # real model outputs: {"response", "answer"} lines
+
+Each round times both sides back to back on one fresh batch, alternating which goes first, so
+that the load of a shared machine falls on both; the ratio is over all rounds.
 
 The synthetic mix mimics a zero-RL batch: chain-of-thought text of ~0.5-3 KB with inline math,
 ending in a boxed answer (right in the gold's own form or another equivalent form, or wrong), an
@@ -205,13 +208,13 @@ def read_jsonl(path: str) -> tuple[list[str], list[str]]:
     return responses, golds
 
 
-def math_verify_direct(responses: list[str], golds: list[str]) -> list[bool]:
+def math_verify_direct(responses: list[str], golds: list[str], gold_cache: dict) -> list[bool]:
     """math-verify as commonly called: parse the response with its default extractors, verify
-    against the parsed gold (gold parses cached, which favours the baseline)."""
+    against the parsed gold. Gold parses are cached in `gold_cache` across calls, as `score`'s
+    workers cache theirs, which if anything favours the baseline."""
     import math_verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    gold_cache = {}
     verdicts = []
     for response, gold in zip(responses, golds):
         if gold not in gold_cache:
@@ -220,69 +223,110 @@ def math_verify_direct(responses: list[str], golds: list[str]) -> list[bool]:
     return verdicts
 
 
-def main() -> None:
+def _batches(args) -> list[tuple[list[str], list[str]]]:
+    """The warm-up batch, then one fresh batch per round (as consecutive RL steps share no
+    responses). Warm-up and timed batches split the real answers so that no cached parse of a
+    gold carries over from warm-up; both sides reach steady state (warm parsers) first."""
+    if args.input:
+        batch = read_jsonl(args.input)
+        return [batch] * (args.rounds + 1)
+    warmup = synthetic_mix(args.num_prompts, args.group_size, args.seed + 1000, GOLDS[0::2])
+    rounds = [
+        synthetic_mix(args.num_prompts, args.group_size, args.seed + r, GOLDS[1::2])
+        for r in range(args.rounds)
+    ]
+    return [warmup, *rounds]
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", help="JSONL of {'response', 'answer'}; default: synthetic")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="timed batches, each side per batch")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--out", default="", help="write the results as JSON to this path")
+    args = parser.parse_args(argv)
+    if min(args.num_prompts, args.group_size, args.rounds, args.num_workers) < 1:
+        parser.error("--num-prompts, --group-size, --rounds and --num-workers must be >= 1")
 
-    if args.input:
-        responses, golds = read_jsonl(args.input)
-        warmup_responses, warmup_golds = responses, golds
-    else:
-        # A different batch first, as the step before: both sides reach steady state (warm
-        # parsers) before the timed batch, as a few steps into training. The two batches split
-        # the real answers between them so that no cached parse carries over.
-        warmup_responses, warmup_golds = synthetic_mix(
-            args.num_prompts, args.group_size, args.seed + 1, GOLDS[0::2]
-        )
-        responses, golds = synthetic_mix(args.num_prompts, args.group_size, args.seed, GOLDS[1::2])
-    mean_chars = sum(map(len, responses)) / len(responses)
+    (warmup_responses, warmup_golds), *timed = _batches(args)
+    count = len(timed[0][0])
+    mean_chars = sum(len(r) for responses, _ in timed for r in responses) / (count * len(timed))
     print(
-        f"{len(responses)} responses, {mean_chars:.0f} characters on average, "
-        f"{os.cpu_count()} CPU cores"
+        f"{args.rounds} rounds of {count} responses ({mean_chars:.0f} characters on average), "
+        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, "
+        f"{args.num_workers} verifier workers"
     )
-
-    math_verify_direct(warmup_responses, warmup_golds)
-    start = time.perf_counter()
-    baseline = math_verify_direct(responses, golds)
-    baseline_s = time.perf_counter() - start
-
     config = RewardConfig(timeout_s=args.timeout_s)
+    gold_cache: dict = {}
     start = time.perf_counter()
     with VerifierPool(args.num_workers, timeout_s=args.timeout_s) as pool:
         startup_s = time.perf_counter() - start
         start = time.perf_counter()
         score(warmup_responses, warmup_golds, config=config, pool=pool)
         cold_s = time.perf_counter() - start
-        start = time.perf_counter()
-        verdicts = score(responses, golds, config=config, pool=pool)
-        ours_s = time.perf_counter() - start
-        timeouts, restarts = pool.timeouts, pool.restarts
+        math_verify_direct(warmup_responses, warmup_golds, gold_cache)
+        rows = []
+        for r, (responses, golds) in enumerate(timed):
+            # Back to back on the same batch, in alternating order, so that a load change on
+            # the shared machine hits both sides alike.
+            sides = ("zero_rl", "math-verify") if r % 2 == 0 else ("math-verify", "zero_rl")
+            row = {"round": r}
+            symbolic_before, timeouts_before = pool.symbolic, pool.timeouts
+            for side in sides:
+                start = time.perf_counter()
+                if side == "zero_rl":
+                    verdicts = score(responses, golds, config=config, pool=pool)
+                else:
+                    baseline = math_verify_direct(responses, golds, gold_cache)
+                row[side] = time.perf_counter() - start
+            row |= {
+                "ratio": row["math-verify"] / row["zero_rl"],
+                "symbolic": (pool.symbolic - symbolic_before) / len(responses),
+                "timeouts": pool.timeouts - timeouts_before,
+                "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
+                "baseline_accuracy": sum(baseline) / len(baseline),
+                "disagree": sum(v.correct != b for v, b in zip(verdicts, baseline)),
+            }
+            rows.append(row)
+            print(
+                f"  round {r}: zero_rl {count / row['zero_rl']:6.0f} responses/s, math-verify "
+                f"{count / row['math-verify']:6.0f} responses/s, ratio {row['ratio']:.2f}x "
+                f"(sympy for {row['symbolic']:.1%}, {row['timeouts']} timeouts; "
+                f"accuracy {row['accuracy']:.3f} vs {row['baseline_accuracy']:.3f}, "
+                f"{row['disagree']} verdicts differ)"
+            )
 
-    ours_rate, baseline_rate = len(responses) / ours_s, len(responses) / baseline_s
-    disagree = sum(v.correct != b for v, b in zip(verdicts, baseline))
+    ours_s = sum(row["zero_rl"] for row in rows)
+    baseline_s = sum(row["math-verify"] for row in rows)
+    ratios = sorted(row["ratio"] for row in rows)
+    summary = {
+        "responses": count * len(rows),
+        "zero_rl_responses_per_s": count * len(rows) / ours_s,
+        "math_verify_responses_per_s": count * len(rows) / baseline_s,
+        "ratio": baseline_s / ours_s,
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+        "pool_startup_s": startup_s,
+        "first_batch_responses_per_s": len(warmup_responses) / cold_s,
+    }
     print(
-        f"math-verify direct, 1 process:     {baseline_rate:7.0f} responses/s "
-        f"(accuracy {sum(baseline) / len(baseline):.3f})"
+        f"zero_rl score, {args.num_workers} workers + parent (pool, timeouts, safety): "
+        f"{summary['zero_rl_responses_per_s']:.0f} responses/s\n"
+        f"math-verify direct, 1 process:                      "
+        f"{summary['math_verify_responses_per_s']:.0f} responses/s\n"
+        f"ratio zero_rl / math-verify: {summary['ratio']:.2f}x over all rounds "
+        f"(per round {ratios[0]:.2f}x-{ratios[-1]:.2f}x)\n"
+        f"  first batch on fresh workers: {summary['first_batch_responses_per_s']:.0f} "
+        f"responses/s; pool start-up {startup_s:.1f} s (once per process, not counted)"
     )
-    print(
-        f"zero_rl score, {args.num_workers} workers + parent: {ours_rate:7.0f} responses/s "
-        f"(accuracy {sum(v.correct for v in verdicts) / len(verdicts):.3f}, "
-        f"timeouts {timeouts}, restarts {restarts})"
-    )
-    print(
-        f"  first batch on fresh workers: {len(warmup_responses) / cold_s:.0f} responses/s; "
-        f"pool start-up {startup_s:.1f} s (once per process, not counted)"
-    )
-    print(
-        f"ratio zero_rl / math-verify: {ours_rate / baseline_rate:.2f}x; "
-        f"verdicts differ on {disagree} of {len(responses)}"
-    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "rounds": rows, "summary": summary}, f, indent=2)
+    return summary
 
 
 if __name__ == "__main__":
