@@ -37,7 +37,8 @@ def get_config():
     c.rl.num_samples = 8
     c.rl.minibatch_size = 128
     c.rl.estimator = "grpo"
-    c.rl.loss.kl_coef = 0.0
+    c.rl.loss.kl_coef = 1e-4  # SimpleRL-Zoo's k3 KL loss: cheap here, and train/kl is real
+    c.rl.loss.kl_estimator = "k3"
     c.rl.loss.entropy_coef = 0.0
     c.rl.loss.clip_high = 0.28  # DAPO clip-higher
 

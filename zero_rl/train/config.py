@@ -7,15 +7,20 @@ has the same keys: a locked config turns a typo on the command line into an erro
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 
 import ml_collections
 
 from zero_rl import sharding
-from zero_rl.models.config import ModelConfig, get_preset
-from zero_rl.rewards import RewardConfig
-from zero_rl.rl import LossConfig
+from zero_rl.data.difficulty import MATH_LEVELS
+from zero_rl.models.config import ModelConfig, RopeScaling, get_preset
+from zero_rl.models.hf import config_from_hf
+from zero_rl.rewards import DATASETS, RewardConfig
+from zero_rl.rl import ESTIMATORS, LossConfig
+from zero_rl.rl.masking import check_choice
+from zero_rl.train.optim import SCHEDULES
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -41,11 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 100
     c.log_every = 1
+    # Every eval step must be a checkpoint step (eval_every a multiple of checkpoint_every):
+    # the best-by-eval checkpoint is kept from the checkpoints that carry an eval/accuracy.
     c.eval_every = 10
     c.checkpoint_every = 10
     c.keep_checkpoints = 3
     c.async_checkpoint = True
-    c.num_sample_texts = 4  # responses written to TensorBoard each log step
+    c.num_sample_texts = 4  # responses written to TensorBoard each log step (several prompts)
+    c.progress_bars = True  # tqdm bars for evaluation (process 0, interactive terminals only)
     # The smallest slice this run is planned to fit, "<accelerator> [mesh <axes>][; notes]",
     # e.g. "v5p-256 mesh fsdp=64,tensor=2": `python launch/plan.py --config=...` checks it.
     c.hardware = ""
@@ -69,8 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval = "math500"
     c.data.eval_size = 0  # 0 = the whole eval set
     c.data.difficulty = ""  # "", "easy", "medium" or "hard" (SimpleRL-Zoo levels)
+    # How records of a data file (data.train / data.eval given as a path) become examples.
     c.data.question_field = "problem"
+    # MATH train has no answer field: the gold answer is the last \boxed{} of the solution.
+    # False reads `answer_field` instead (GSM8K-style or pre-extracted answers).
+    c.data.answer_from_solution = True
     c.data.answer_field = "answer"
+    c.data.solution_field = "solution"
+    c.data.level_field = "level"  # MATH's "Level 3" (needed by data.difficulty)
+    c.data.id_field = ""  # "" = ids from line / row numbers
+    c.data.gold_format = ""  # a zero_rl.rewards.DATASETS name (e.g. "gsm8k"), "" = plain answers
+    c.data.on_error = "raise"  # or "skip": bad records are left out, counted and logged
     c.data.template = ""  # "" = the model family's SimpleRL-Zoo default
 
     # Periodic benchmark evaluation (besides `eval/accuracy` on data.eval at every eval step).
@@ -204,7 +221,8 @@ def simplerl_zoo_config(
     c.eval_every = 5
     c.checkpoint_every = 5
     c.data.train = "data/math_train.jsonl"
-    c.data.answer_field = "answer"
+    c.data.answer_from_solution = True  # MATH train: the solution's last \boxed{}
+    c.data.gold_format = "math"
     c.data.eval = "math500"
     c.data.difficulty = SIMPLERL_DIFFICULTY.get(preset, "hard")
     c.data.template = ""  # the family default (zero_rl.data.default_template)
@@ -240,23 +258,50 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def set_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
-    """Sets `config.<key>` from a string, with an error listing the valid keys at that level."""
+    """Sets `config.<key>` from a string, with an error listing the valid keys at that level.
+
+    The string is parsed as the key's declared type (that of its default, or the `field_type`
+    of a None default such as `rl.loss.dual_clip`); "none" sets a None-default key back to None.
+    """
     *parents, leaf = key.split(".")
     node = config
     for i, name in enumerate(parents):
-        if name not in node:
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
             raise KeyError(_unknown(".".join(parents[:i]), name, node))
         node = node[name]
-    if leaf not in node:
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise KeyError(_unknown(".".join(parents), leaf, node))
-    current = node[leaf]
-    if isinstance(current, bool):
-        value = raw.lower() in ("1", "true", "yes")
-    elif isinstance(current, int | float) and not isinstance(current, bool):
-        value = type(current)(float(raw)) if isinstance(current, int) else float(raw)
-    else:
-        value = raw
-    node[leaf] = value
+    field_type = node.get_ref(leaf).get_type()
+    node[leaf] = parse_value(key, raw, field_type, nullable=node[leaf] is None)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_value(key: str, raw: str, field_type: type, *, nullable: bool = False):
+    """`raw` as a `field_type` value (bool, int, float or str); a clear error otherwise."""
+    text = raw.strip()
+    if nullable and text.lower() in ("none", "null"):
+        return None
+    try:
+        if field_type is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {_TRUE + _FALSE}")
+            return text.lower() in _TRUE
+        if field_type is int:
+            value = float(text)
+            if not value.is_integer():
+                raise ValueError("not a whole number")
+            return int(value)
+        if field_type is float:
+            return float(text)
+    except ValueError as err:
+        raise ValueError(f"config.{key}={raw!r} is not a {field_type.__name__} ({err})") from None
+    if field_type is str:
+        return raw
+    raise ValueError(
+        f"config.{key} holds a {field_type.__name__}; it cannot be set from the string {raw!r}"
+    )
 
 
 def check_command_line(argv: Sequence[str], default_config: str) -> None:
@@ -307,7 +352,125 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
     walk(config, base_config(), "")
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks what can be checked from the config alone, so that a bad value fails before the
+    minutes of set-up (loading, SFT) rather than at the first update or evaluation."""
+    check_keys(config)
+    rl, d = config.rl, config.data
+    check_choice("rl.estimator", rl.estimator, (*ESTIMATORS, "gae"))
+    check_choice("rl.critic", rl.critic, ("shared", "separate"))
+    check_choice("data.on_error", d.on_error, ("raise", "skip"))
+    if d.difficulty:
+        check_choice("data.difficulty", d.difficulty, tuple(MATH_LEVELS))
+    if d.gold_format:
+        check_choice("data.gold_format", d.gold_format, tuple(sorted(DATASETS)))
+    for block, optim in (("optim", config.optim), ("sft.optim", config.sft.optim)):
+        check_choice(f"{block}.schedule", optim.schedule, SCHEDULES)
+    loss_config(config)  # LossConfig and RewardConfig check their own fields
+    reward_config(config)
+    for key in ("total_steps", "log_every", "rl.num_prompts", "rl.num_samples", "rl.minibatch_size",
+                "rl.epochs", "rl.max_draws", "sampling.max_prompt_len",
+                "sampling.max_new_tokens"):  # fmt: skip
+        value = _get(config, key)
+        if value < 1:
+            raise ValueError(f"config.{key}={value} must be >= 1")
+    for key in ("eval_every", "checkpoint_every", "data.eval_size", "eval.limit"):
+        if _get(config, key) < 0:
+            raise ValueError(f"config.{key}={_get(config, key)} must be >= 0")
+    # The best-by-eval checkpoint is chosen among saved steps: an eval at a step that is not
+    # saved would be lost (and the kept "best" would not be the best evaluated policy).
+    if config.eval_every and (
+        not config.checkpoint_every or config.eval_every % config.checkpoint_every
+    ):
+        raise ValueError(
+            f"eval_every={config.eval_every} must be a multiple of checkpoint_every="
+            f"{config.checkpoint_every} (> 0) so that every evaluated step is saved and the "
+            "best-by-eval checkpoint is kept; e.g. set checkpoint_every to eval_every"
+        )
+
+
+# Keys a rerun in the same workdir may change: bookkeeping, evaluation, and the memory and
+# layout settings that change no result (mesh, sharding, sampler calls, chunking, remat).
+_RERUN_SAFE = (
+    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
+    "num_sample_texts", "progress_bars", "hardware", "eval.", "mesh.", "sharding.",
+    "reward.num_workers", "sampling.prompts_per_call", "sampling.decode_segments",
+    "sampling.eval_max_new_tokens", "model.remat", "model.attention", "rl.microbatch_size",
+    "rl.logprob_chunk", "sft.log_every", "sft.checkpoint_every",
+)  # fmt: skip
+
+
+def rerun_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(changes that alter results, harmless changes) between a workdir's saved config.json and
+    the config of a rerun, both as JSON dicts; each as "key: old -> new". A key the saved config
+    lacks (a newer schema) is harmless; total_steps is, under a constant learning rate."""
+    old, new = _flatten(saved), _flatten(current)
+    safe = _RERUN_SAFE + (("total_steps",) if new.get("optim.schedule") == "constant" else ())
+    changed, harmless = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key, "<absent>") == new.get(key, "<absent>"):
+            continue
+        line = f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+        is_safe = key not in old or any(key == p or p.endswith(".") and key.startswith(p)
+                                        for p in safe)  # fmt: skip
+        (harmless if is_safe else changed).append(line)
+    return changed, harmless
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and prefix + key != "model.dims":
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    node = config
+    for name in key.split("."):
+        node = node[name]
+    return node
+
+
+# Fields that define the network (not how it is run): a preset or `model.dims` given with an HF
+# checkpoint must agree with its config.json on every one of them.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+    "rope_theta", "rope_scaling", "rms_norm_eps", "qkv_bias", "tie_embeddings", "sliding_window",
+    "max_position",
+)  # fmt: skip
+
+
+def architecture_mismatches(expected: ModelConfig | dict, hf_cfg: ModelConfig) -> list[str]:
+    """`"field: expected vs checkpoint"` for each architecture field on which `expected` (a
+    ModelConfig, or a dict of some fields) and the HF checkpoint's config disagree."""
+    given = (
+        {k: getattr(expected, k) for k in ARCHITECTURE_FIELDS}
+        if isinstance(expected, ModelConfig)
+        else {k: v for k, v in expected.items() if k in ARCHITECTURE_FIELDS}
+    )
+    if isinstance(given.get("rope_scaling"), dict):
+        given["rope_scaling"] = RopeScaling(**given["rope_scaling"])
+    return [
+        f"{k}: {v!r} vs {getattr(hf_cfg, k)!r}" for k, v in given.items() if v != getattr(hf_cfg, k)
+    ]
+
+
+def hf_model_config(hf_path: str) -> ModelConfig:
+    """The ModelConfig of the HF checkpoint directory `hf_path` (from its config.json)."""
+    path = os.path.join(hf_path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.hf_path={hf_path!r} has no config.json")
+    with open(path) as f:
+        return config_from_hf(json.load(f))
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
+    """The run's ModelConfig: the HF checkpoint's architecture when `model.hf_path` is set (a
+    preset or `model.dims` given too must agree with it, field by field), else the preset, else
+    `model.dims` (`vocab_size` filling in a missing vocabulary size)."""
     m = config.model
     common = dict(
         dtype=m.dtype,
@@ -320,6 +483,20 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     )
     if config.rl.critic not in ("shared", "separate"):
         raise ValueError(f"rl.critic={config.rl.critic!r}; valid: shared, separate")
+    if m.hf_path:
+        # The checkpoint defines the network; a preset that disagrees (Qwen2.5-Math-7B's
+        # rope_theta 1e4 under the qwen2.5-7b preset's 1e6) would run it silently wrong.
+        hf_cfg = hf_model_config(m.hf_path)
+        given = {f"model.preset={m.preset!r}": m.preset and get_preset(m.preset),
+                 "model.dims": m.dims.to_dict()}  # fmt: skip
+        for name, expected in given.items():
+            if expected and (diff := architecture_mismatches(expected, hf_cfg)):
+                raise ValueError(
+                    f"{name} does not match the checkpoint {m.hf_path}/config.json "
+                    f"(config vs checkpoint): {'; '.join(diff)}. Clear it (the checkpoint "
+                    "defines the architecture) or use the matching checkpoint"
+                )
+        return hf_cfg.replace(**common)
     if m.preset:
         return get_preset(m.preset, **common)
     dims = dict(m.dims.to_dict())

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from zero_rl import sampler, sharding
 from zero_rl.data.records import Example
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.rollout import encode_batch
+from zero_rl.train.rollout import decode_responses, encode_batch
 
 
 @dataclasses.dataclass
@@ -43,15 +44,22 @@ def evaluate(
     rng: jax.Array | None = None,
     batch_sharding: jax.sharding.Sharding | None = None,
     decode_segments: int = 1,
+    progress: bool = False,
 ) -> EvalResult:
     """Generates for every example in fixed-shape batches of `batch_size` prompts (the last one
     padded with empty rows) and scores with the verifier; accuracy is the mean over all samples.
+
+    Responses are graded up to the template's first stop string, as in training rollouts.
+    `progress` shows a bar over the batches on process 0 when stderr is a terminal.
     """
     if not examples:
         raise ValueError("evaluate got no examples")
     rng = jax.random.key(0) if rng is None else rng
     texts, lengths, stopped = [], [], []
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (log files, CI).
+    show = progress and jax.process_index() == 0
+    for start in tqdm(starts, desc="eval", unit="batch", disable=None if show else True):
         chunk = list(examples[start : start + batch_size])
         tokens_bt, positions_bt = encode_batch(
             chunk, tokenizer, template=template, max_prompt_len=max_prompt_len, rows=batch_size
@@ -76,7 +84,7 @@ def evaluate(
         tokens_bn, lengths_b, stopped_b = (
             x[:keep] for x in sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
         )
-        texts += [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
+        texts += decode_responses(tokenizer, template, tokens_bn, lengths_b)
         lengths.append(lengths_b)
         stopped.append(stopped_b)
     answers = [ex.answer for ex in examples for _ in range(num_samples)]

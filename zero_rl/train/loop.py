@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -23,6 +24,7 @@ from zero_rl import sharding
 from zero_rl.data import (
     FieldMapping,
     PromptIterator,
+    RecordError,
     default_template,
     get_template,
     load_benchmark,
@@ -37,36 +39,86 @@ from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train.checkpoint import Checkpointer
 from zero_rl.train.evaluate import evaluate
-from zero_rl.train.metrics import CompileCounter, SummaryWriter, progress_line
+from zero_rl.train.metrics import (
+    CompileCounter,
+    SummaryWriter,
+    log_samples,
+    progress_line,
+    step_metrics,
+)
 from zero_rl.train.optim import make_optimizer, sharded_init
 from zero_rl.train.rl_step import UpdateOptions, update
-from zero_rl.train.rollout import RolloutCollector, SamplingOptions, collect
+from zero_rl.train.rollout import RolloutCollector, SamplingOptions, collect, fit_prompts
 
 log = logging.getLogger(__name__)
 
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_addition.model")
 
 
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def field_mapping(config: ml_collections.ConfigDict) -> FieldMapping:
+    """How the records of a data file named by data.train / data.eval become Examples."""
+    d = config.data
+    return FieldMapping(
+        question_field=d.question_field, answer_field=d.answer_field,
+        answer_from_solution=d.answer_from_solution, solution_field=d.solution_field,
+        level_field=d.level_field or None, id_field=d.id_field or None,
+        gold_format=d.gold_format or None,
+    )  # fmt: skip
+
+
+def _read_data(config: ml_collections.ConfigDict, key: str) -> list:
+    """The examples of `config.data.<key>`: a shipped benchmark name or a data file."""
+    name = config.data[key]
+    if not (os.sep in name or "/" in name or name.lower().endswith(_DATA_SUFFIXES)):
+        return load_benchmark(name)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"data.{key}: no data file at {name!r}")
+    try:
+        result = read_examples(name, field_mapping(config), on_error=config.data.on_error)
+    except RecordError as err:
+        hint = (
+            "data.answer_from_solution=False reads data.answer_field instead"
+            if config.data.answer_from_solution
+            else "data.answer_from_solution=True takes the solution's last \\boxed{}"
+        )
+        raise RecordError(
+            f"data.{key}: {err} ({hint}; data.on_error=skip drops bad records)"
+        ) from err
+    if result.num_skipped:
+        log.warning("data.%s: skipped %d bad records of %s (first: %s)", key,
+                    result.num_skipped, name, result.skipped[0])  # fmt: skip
+    return result.examples
+
+
 def load_examples(config: ml_collections.ConfigDict):
-    """(train examples, eval examples) for the config's data block."""
+    """(train examples, eval examples) for the config's data block.
+
+    data.train / data.eval name a shipped benchmark, or (a name with a "/" or a .jsonl, .json
+    or .parquet suffix) a data file read with the data.* field mapping.
+    """
     d = config.data
     if d.train == "synthetic_addition":
         task = AdditionTask(eval_size=d.eval_size or 200, seed=config.seed)
         return task.split("train"), task.split("eval")
-
-    def read(name):
-        if os.path.isfile(name):
-            mapping = FieldMapping(question_field=d.question_field, answer_field=d.answer_field)
-            return read_examples(name, mapping, on_error="raise").examples
-        return load_benchmark(name)
-
-    train = read(d.train)
+    train = _read_data(config, "train")
     if d.difficulty:
         train = select_difficulty(train, d.difficulty)
-    held_out = read(d.eval)
+    held_out = _read_data(config, "eval")
     if d.eval_size:
         held_out = held_out[: d.eval_size]
     return train, held_out
+
+
+def _show_progress(config: ml_collections.ConfigDict) -> bool:
+    """Progress bars on process 0 of an interactive run only (not in log files or CI)."""
+    return config.progress_bars and jax.process_index() == 0 and sys.stderr.isatty()
+
+
+def _benchmark_names(config: ml_collections.ConfigDict) -> list[str]:
+    return [b.strip() for b in config.eval.benchmarks.split(",") if b.strip()]
 
 
 def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs) -> None:
@@ -76,25 +128,16 @@ def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs
 
     e = config.eval
     run_benchmarks(
-        graphdef, params, benchmarks=[b.strip() for b in e.benchmarks.split(",") if b.strip()],
+        graphdef, params, benchmarks=_benchmark_names(config),
         out_dir=os.path.join(workdir, "eval", f"step_{step:06d}"), num_samples=e.num_samples,
         temperature=e.temperature, top_p=e.top_p, limit=e.limit or None,
         max_new_tokens=config.sampling.eval_max_new_tokens or config.sampling.max_new_tokens,
         max_prompt_len=config.sampling.max_prompt_len, batch_size=config.rl.num_prompts,
         stop_token_ids=kwargs.pop("stop_ids"), writer=writer, step=step,
-        progress=jax.process_index() == 0, decode_segments=config.sampling.decode_segments,
+        progress=_show_progress(config),
+        decode_segments=config.sampling.decode_segments,
         **kwargs,
     )  # fmt: skip
-
-
-def _log_samples(writer: SummaryWriter, step: int, result, count: int) -> None:
-    """A few responses with their verdicts, as TensorBoard text."""
-    group = len(result.texts) // len(result.examples)
-    for i in range(min(count, len(result.texts))):
-        v = result.verdicts[i]
-        gold = result.examples[i // group].answer
-        header = f"**correct={v.correct} extracted={v.extracted!r} gold={gold!r}**"
-        writer.text(step, f"samples/{i}", f"{header}\n\n{result.texts[i]}")
 
 
 class _Preemption:
@@ -123,10 +166,12 @@ class _Preemption:
 def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     """The starting policy: an HF checkpoint or a random init, then the optional SFT stage."""
     if config.model.hf_path:
-        model = from_hf(config.model.hf_path, mesh=mesh, rules=rules, dtype=model_cfg.dtype,
-                        param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
-                        value_head=model_cfg.value_head,
-                        separate_critic=model_cfg.separate_critic)  # fmt: skip
+        # How the network runs comes from the config; what it is, from the checkpoint (the
+        # config's model_cfg already agrees with it: config.model_config checks).
+        run_fields = ("dtype", "param_dtype", "remat", "attention", "attention_chunk",
+                      "value_head", "separate_critic")  # fmt: skip
+        model = from_hf(config.model.hf_path, mesh=mesh, rules=rules,
+                        **{k: getattr(model_cfg, k) for k in run_fields})  # fmt: skip
     else:
         model = create_model(model_cfg, seed=config.seed, mesh=mesh, rules=rules)
     if config.sft.steps > 0:
@@ -230,10 +275,22 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding)
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
-    template = config.data.template or default_template(config.model.preset or "tiny")
-    log.info("prompt template: %s", template)
-    train_examples, eval_examples = load_examples(config)
     model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
+    template = config.data.template or _default_template(config.model, model_cfg)
+    log.info("prompt template: %s", template)
+    max_len, drop = config.sampling.max_prompt_len, config.data.on_error == "skip"
+    train_examples, eval_examples = (
+        fit_prompts(examples, tokenizer, template=template, max_prompt_len=max_len, name=name,
+                    drop=drop)
+        for name, examples in zip(("data.train", "data.eval"), load_examples(config))
+    )  # fmt: skip
+    if config.eval.benchmarks:  # names and prompt lengths now, not after the SFT stage
+        from zero_rl.eval.sets import load_eval_sets  # noqa: PLC0415 - as in _run_benchmarks
+
+        for eval_set in load_eval_sets(_benchmark_names(config), limit=config.eval.limit or None):
+            fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
+                        max_prompt_len=max_len,
+                        name=f"eval.benchmarks {eval_set.name}")  # fmt: skip
     opts = update_options(config, mesh)
     tx, schedule = make_optimizer(
         config.optim, config.total_steps * opts.epochs * opts.num_minibatches
@@ -254,6 +311,25 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
                                  prompts_per_call=s.prompts_per_call,
                                  decode_segments=s.decode_segments),
     )  # fmt: skip
+
+
+def _default_template(m: ml_collections.ConfigDict, model_cfg) -> str:
+    """SimpleRL-Zoo's template for the model: from the preset's name, else from the HF
+    checkpoint's directory name ("Qwen2.5-Math-7B"), else from its architecture."""
+    if m.preset:
+        return default_template(m.preset)
+    if not m.hf_path:
+        return default_template("tiny")
+    names = [os.path.basename(os.path.normpath(m.hf_path)), model_cfg.hf_architecture]
+    for name in names:
+        try:
+            template = default_template(name)
+        except ValueError:
+            continue
+        log.info("prompt template %s chosen from %r (set data.template to change it)",
+                 template, name)  # fmt: skip
+        return template
+    raise ValueError(f"no default template for {names}; set data.template")
 
 
 def _restore_or_start(run: _Run, ckpt: Checkpointer, iterator: PromptIterator):
@@ -294,7 +370,7 @@ def _evaluate(run: _Run, params, step: int, writer: SummaryWriter, pool) -> floa
         max_prompt_len=c.sampling.max_prompt_len, max_new_tokens=max_new,
         batch_size=c.rl.num_prompts, stop_token_ids=run.stop_ids, reward=run.reward_cfg,
         pool=pool, batch_sharding=run.batch_sharding,
-        decode_segments=c.sampling.decode_segments,
+        decode_segments=c.sampling.decode_segments, progress=_show_progress(c),
     )  # fmt: skip
     writer.scalars(step, {"eval/accuracy": result.accuracy})
     if jax.process_index() == 0:
@@ -308,40 +384,62 @@ def _evaluate(run: _Run, params, step: int, writer: SummaryWriter, pool) -> floa
     return result.accuracy
 
 
-def _step_metrics(run: _Run, step: int, stats: dict, m: dict, seconds: float) -> dict[str, float]:
-    """One step's scalars: host statistics of the rollout plus the update's device metrics."""
-    metrics = dict(stats)
-    metrics.update({
-        "train/kl": float(m.get("kl", 0.0)),
-        "train/entropy": float(m["entropy"]),
-        "train/clip_frac": float(m["clip_frac_low"] + m["clip_frac_high"]),
-        "train/clip_frac_low": float(m["clip_frac_low"]),
-        "train/clip_frac_high": float(m["clip_frac_high"]),
-        "train/approx_kl": float(m["approx_kl"]),
-        "train/grad_norm": float(m["grad_norm"]),
-        "train/loss": float(m["loss"]),
-        "train/zero_signal_frac": float(m["adv/zero_signal_frac"]),
-        "train/sampler_logprob_gap": float(m["sampler_logprob_gap_mean"]),
-        "train/learning_rate": float(run.schedule((step + 1) * run.updates_per_step - 1)),
-        **({"train/vf_loss": float(m["vf_loss"]),
-            "train/vf_explained_variance": float(m["explained_variance"])}
-           if "vf_loss" in m else {}),
-        "perf/step_time_s": seconds,
-        "perf/sample_tokens_per_s": stats["perf/sample_tokens"]
-        / max(stats["perf/sample_time_s"], 1e-9),
-        "perf/num_compiles": float(CompileCounter.count()),
-    })  # fmt: skip
-    return metrics
+def _collector(run: _Run, pool: VerifierPool) -> RolloutCollector:
+    rl = run.config.rl
+    return RolloutCollector(
+        graphdef=run.graphdef, tokenizer=run.tokenizer, template=run.template,
+        stop_token_ids=run.stop_ids, sampling=run.sampling, num_samples=rl.num_samples,
+        reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
+        logprob_chunks=run.opts.num_minibatches * run.opts.num_microbatches,
+        logprob_chunk_len=rl.logprob_chunk, with_values=run.model_cfg.value_head,
+    )  # fmt: skip
+
+
+def _step(run: _Run, collector, params, opt_state, ref_params, iterator, step_rng):
+    """One RL step, (rollout result, params, opt_state, device metrics): sample, verify, update.
+    Its one device-to-host transfer is the response tokens (`RolloutCollector._local`)."""
+    rl = run.config.rl
+    result = collect(
+        collector, params, ref_params, iterator, jax.random.fold_in(step_rng, 0),
+        dynamic_sampling=rl.dynamic_sampling, max_draws=rl.max_draws,
+        overlong_filter=rl.overlong_filter,
+    )  # fmt: skip
+    params, opt_state, device_metrics = update(
+        run.graphdef, run.tx, params, opt_state, result.rollout, jax.random.fold_in(step_rng, 1),
+        opts=run.opts, prompt_len=run.sampling.max_prompt_len,
+    )  # fmt: skip
+    return result, params, opt_state, device_metrics
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> None:
+    """Writes the resolved config to workdir/config.json. A rerun in the same workdir must not
+    change a key that changes results (it would resume the old run's checkpoints under new
+    settings, e.g. another seed's random stream): that raises, before anything is written."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort())
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed, harmless = config_lib.rerun_differences(saved, current)
+        if changed:
+            raise ValueError(
+                f"{workdir} holds a run with another config ({path}); these keys change its "
+                f"results: {'; '.join(changed)}. Use a new --workdir, or the saved values"
+            )
+        if not harmless:
+            return
+        log.warning("config changes since the last run in %s: %s", workdir, "; ".join(harmless))
+    if is_main:
+        with open(path, "w") as f:
+            json.dump(current, f, indent=2)
 
 
 def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
-    config_lib.check_keys(config)
+    config_lib.validate(config)
     CompileCounter.install()
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    _save_config(config, workdir, is_main)
     run = _resolve(config, workdir)
     rl = config.rl
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
@@ -357,13 +455,7 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
 
     writer = SummaryWriter(os.path.join(workdir, "tb"), enabled=is_main)
     pool = VerifierPool(num_workers=config.reward.num_workers, timeout_s=run.reward_cfg.timeout_s)
-    collector = RolloutCollector(
-        graphdef=run.graphdef, tokenizer=run.tokenizer, template=run.template,
-        stop_token_ids=run.stop_ids, sampling=run.sampling, num_samples=rl.num_samples,
-        reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
-        logprob_chunks=run.opts.num_minibatches * run.opts.num_microbatches,
-        logprob_chunk_len=rl.logprob_chunk, with_values=run.model_cfg.value_head,
-    )  # fmt: skip
+    collector = _collector(run, pool)
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)
     try:
@@ -374,25 +466,20 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
                 t0 = time.perf_counter()
                 # Per-step randomness from (seed, step) alone: a resumed run replays exactly.
                 step_rng = jax.random.fold_in(rng, step)
-                result = collect(
-                    collector, params, ref_params, iterator, jax.random.fold_in(step_rng, 0),
-                    dynamic_sampling=rl.dynamic_sampling, max_draws=rl.max_draws,
-                    overlong_filter=rl.overlong_filter,
-                )  # fmt: skip
-                params, opt_state, device_metrics = update(
-                    run.graphdef, run.tx, params, opt_state, result.rollout,
-                    jax.random.fold_in(step_rng, 1), opts=run.opts,
-                    prompt_len=run.sampling.max_prompt_len,
-                )  # fmt: skip
-                metrics = _step_metrics(run, step, result.stats, jax.device_get(device_metrics),
-                                        time.perf_counter() - t0)  # fmt: skip
+                result, params, opt_state, device_metrics = _step(
+                    run, collector, params, opt_state, ref_params, iterator, step_rng
+                )
+                lr = run.schedule((step + 1) * run.updates_per_step - 1)  # the step's last
+                metrics = step_metrics(result.stats, jax.device_get(device_metrics),
+                                       learning_rate=float(lr),
+                                       step_time_s=time.perf_counter() - t0)  # fmt: skip
                 done = step + 1
                 last = done == config.total_steps
                 if config.eval_every and (done % config.eval_every == 0 or last):
                     metrics["eval/accuracy"] = _evaluate(run, params, done, writer, pool)
                 if done % config.log_every == 0 or last:
                     writer.scalars(done, {k: v for k, v in metrics.items() if k != "eval/accuracy"})
-                    _log_samples(writer, done, result, config.num_sample_texts)
+                    log_samples(writer, done, result, config.num_sample_texts)
                     writer.flush()
                     if is_main:
                         print(progress_line(done, config.total_steps, metrics), flush=True)

@@ -2,13 +2,15 @@
 
 Order of work per draw: the sampler runs; the trainer-side old and reference log-probs are
 dispatched (asynchronously) right after it; only then does the host read the response tokens
-and verify them, so verification overlaps with that device work. The response tokens and
-lengths are the only device-to-host transfer.
+and verify them, so verification overlaps with that device work. The response tokens, lengths
+and stop flags are the only device-to-host transfer (`_local`, the one place that allows it:
+a step run under `jax.transfer_guard_device_to_host("disallow_explicit")` fails on any other).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -25,13 +27,61 @@ from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalt
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
 
+log = logging.getLogger(__name__)
+
 # SimpleRL-Zoo's reflection keywords (behaviour monitoring of "aha" moments).
 REFLECTION_WORDS = ("recheck", "rethink", "try again", "wait", "alternatively", "retry", "however")
-_REFLECTION_RE = re.compile("|".join(re.escape(w) for w in REFLECTION_WORDS), re.IGNORECASE)
+# Whole words only: "waiter", "awaited" or "retrying" are not reflection.
+REFLECTION_RE = re.compile(
+    r"\b(?:" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE
+)
 
 
 def has_reflection(text: str) -> bool:
-    return _REFLECTION_RE.search(text) is not None
+    """Whether `text` contains one of `REFLECTION_WORDS` as a whole word (any case)."""
+    return REFLECTION_RE.search(text) is not None
+
+
+def decode_responses(
+    tokenizer: Tokenizer, template: str, tokens_bn: np.ndarray, lengths_b: np.ndarray
+) -> list[str]:
+    """Response texts from host tokens [rows, N] and lengths [rows], each cut after the
+    template's first stop string: a multi-token stop string (r1_zero's "</answer>") cannot stop
+    the sampler, so the text is graded up to it, as a serving engine's `stop=` would."""
+    stops = get_template(template).stop_strings
+    texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
+    return [cut_at_stop_string(t, stops) or t for t in texts]
+
+
+def fit_prompts(
+    examples: Sequence[Example],
+    tokenizer: Tokenizer,
+    *,
+    template: str,
+    max_prompt_len: int,
+    name: str,
+    drop: bool = False,
+) -> list[Example]:
+    """The examples whose templated prompt fits in `max_prompt_len` tokens. A longer one raises
+    (naming it, `name` and how many are too long) at set-up, not at the step that draws it;
+    with `drop` those are left out with a warning instead."""
+    render = get_template(template).render
+    ids = tokenizer.batch_encode([render(ex.prompt) for ex in examples],
+                                 add_bos=tokenizer.add_bos_default)  # fmt: skip
+    too_long = [i for i, row in enumerate(ids) if len(row) > max_prompt_len]
+    if not too_long:
+        return list(examples)
+    first = too_long[0]
+    message = (
+        f"{name}: {len(too_long)} of {len(examples)} prompts are longer than "
+        f"sampling.max_prompt_len={max_prompt_len} with template {template!r}, e.g. "
+        f"{examples[first].id} ({len(ids[first])} tokens)"
+    )
+    if not drop or len(too_long) == len(examples):
+        raise ValueError(message)
+    log.warning("%s; left out", message)
+    skip = set(too_long)
+    return [ex for i, ex in enumerate(examples) if i not in skip]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +103,9 @@ class RolloutResult:
     verdicts: list[Verdict]
     stopped_b: np.ndarray  # [rows] True where a stop token ended the response
     stats: dict[str, float]
+    # [groups, samples] this process's rewards on the host (the rollout's rewards_pg before
+    # they moved to the device): dynamic sampling reads them without a copy back.
+    host_rewards_pg: np.ndarray | None = None
 
 
 def encode_batch(
@@ -120,10 +173,12 @@ class RolloutCollector:
         return tuple(sharding.global_batch(a, self.batch_sharding) for a in arrays)
 
     def _local(self, *arrays):
-        """Global batch arrays -> this process's rows, as NumPy."""
-        if self.batch_sharding is None:
-            return jax.device_get(arrays)
-        return sharding.local_rows(arrays, self.batch_sharding)
+        """Global batch arrays -> this process's rows, as NumPy: the step's one device-to-host
+        transfer (the response tokens for the verifier), allowed here even under a guard."""
+        with jax.transfer_guard_device_to_host("allow"):
+            if self.batch_sharding is None:
+                return jax.device_get(arrays)
+            return sharding.local_rows(arrays, self.batch_sharding)
 
     def _logprobs(self, params, tokens, positions, *, with_values=False):
         return rollout_logprobs(
@@ -176,11 +231,7 @@ class RolloutCollector:
         )
         tokens_bn, lengths_b, stopped_b = self._local(out.tokens_bn, out.lengths_b, out.stopped_b)
         sample_time = time.perf_counter() - start
-        texts = [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
-        # Multi-token stop strings (r1_zero's "</answer>") cannot stop the sampler: grade the
-        # text up to them, as evaluation does.
-        stops = get_template(self.template).stop_strings
-        texts = [cut_at_stop_string(t, stops) or t for t in texts]
+        texts = decode_responses(self.tokenizer, self.template, tokens_bn, lengths_b)
         answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
         verify_start = time.perf_counter()
         verdicts = score(texts, answers, config=self.reward, pool=self.pool)
@@ -217,10 +268,8 @@ class RolloutCollector:
             "perf/verify_time_s": verify_time,
             "perf/sample_tokens": float(global_rows["length"].sum()),
         }
-        rewards_pg, group_mask_p = self._put(
-            rewards_b.reshape(len(examples), self.num_samples),
-            np.ones((len(examples),), np.float32),
-        )
+        host_rewards_pg = rewards_b.reshape(len(examples), self.num_samples)
+        rewards_pg, group_mask_p = self._put(host_rewards_pg, np.ones((len(examples),), np.float32))
         rollout = Rollout(
             tokens_bt=tokens,
             positions_bt=positions,
@@ -232,7 +281,9 @@ class RolloutCollector:
             group_mask_p=group_mask_p,
             old_values_bn=old_values,
         )
-        return RolloutResult(rollout, list(examples), texts, verdicts, stopped_b, stats)
+        return RolloutResult(
+            rollout, list(examples), texts, verdicts, stopped_b, stats, host_rewards_pg
+        )
 
 
 @jax.jit
@@ -273,7 +324,7 @@ def collect(
         num_groups = len(result.examples)
         if not dynamic_sampling:
             break
-        rewards = np.asarray(result.rollout.rewards_pg)
+        rewards = result.host_rewards_pg  # already on the host: no copy back from the device
         kept += [(d, g) for g in range(num_groups) if rewards[g].max() > rewards[g].min()]
         if len(kept) >= num_groups:
             break
@@ -326,4 +377,5 @@ def _select(
     texts = [draws[d].texts[g * g_size + i] for d, g in chosen for i in range(g_size)]
     verdicts = [draws[d].verdicts[g * g_size + i] for d, g in chosen for i in range(g_size)]
     stopped_b = np.concatenate([r.stopped_b for r in draws])[row_idx]
-    return RolloutResult(rollout, examples, texts, verdicts, stopped_b, {})
+    host_rewards_pg = np.concatenate([r.host_rewards_pg for r in draws])[group_idx]
+    return RolloutResult(rollout, examples, texts, verdicts, stopped_b, {}, host_rewards_pg)
