@@ -1,7 +1,8 @@
 """Will a run fit? `python launch/plan.py --config=configs/mistral7b.py --mesh=fsdp=64
 --device_memory_gb=95` compiles one RL step for 64 simulated devices and prints, as JSON, the
 parameter count, per-device bytes (params, optimiser state, reference, KV cache, temporaries of
-each program) and whether the peak fits. `--slice=v5p-128` fills in the chip count and memory;
+each program), whether the peak fits, the KV cache's partition spec and each program's compile
+seconds (wall and CPU). `--slice=v5p-128` fills in the chip count and memory;
 with neither --slice nor --mesh, the config's own `hardware` (slice and mesh) is planned.
 
 Runs on CPU with one fake device per chip; nothing is allocated. Config overrides work as in
@@ -48,7 +49,7 @@ def main(argv):
     try:
         num_devices = plan.mesh_devices(axes, num_devices)
     except ValueError as err:
-        raise app.UsageError(f"{err} (--num_devices or --slice)") from None
+        raise app.UsageError(f"{err}; set --mesh for this slice, or --num_devices") from None
 
     import jax  # noqa: PLC0415
 

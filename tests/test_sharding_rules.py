@@ -43,3 +43,20 @@ def test_planner_follows_the_config_rules():
     replicated = plan.state_bytes(config, mesh)["params"]
     sharded = plan.state_bytes(load_config("configs/qwen2_5_0_5b.py"), mesh)["params"]
     assert replicated > 4 * sharded
+
+
+def test_planner_shards_batches_by_the_config_batch_rule():
+    """Rows split over data alone hold 4x the rows per device of data x fsdp (fsdp=4)."""
+    mesh = plan.abstract_mesh({"data": 2, "fsdp": 4}, 8)
+    default = load_config("configs/qwen2_5_0_5b.py")
+    custom = load_config("configs/qwen2_5_0_5b.py", ["sharding.batch=data"])
+    arrays = plan.step_arrays(custom, mesh)
+    for x in (arrays.prompts_bt, arrays.rollout.tokens_bt, arrays.rollout.mask_bn):
+        assert x.sharding.spec == jax.sharding.PartitionSpec("data", None)
+    assert plan.step_arrays(default, mesh).rollout.tokens_bt.sharding.spec == (
+        jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    )
+    split, rows_over_data = plan.state_bytes(default, mesh), plan.state_bytes(custom, mesh)
+    assert rows_over_data["rollout"] == 4 * split["rollout"]
+    assert rows_over_data["kv_cache"] == 4 * split["kv_cache"]
+    assert rows_over_data["params"] == split["params"]

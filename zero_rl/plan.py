@@ -9,7 +9,8 @@ with the sharding the trainer would give it, lowers and compiles the step's prog
   and temporaries of the sampler's prefill (which outputs the KV cache) and decode (which
   updates it in place), the old/reference log-prob pass and the policy update.
 
-The peak is the largest program's live bytes plus whatever persists around it. `launch/plan.py`
+The peak is the largest program's live bytes plus whatever persists around it. Each
+program's lowering and compile seconds are reported too. `launch/plan.py`
 runs this on as many fake CPU devices as the target slice has chips, so a laptop can answer
 "does configs/mistral7b.py fit a v5p-128?". The CPU compiler's temporaries approximate the
 accelerator's (same sharding and program; the TPU/GPU compilers fuse and rematerialise
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +150,11 @@ class ProgramMemory:
         return self.argument + self.output - self.alias + self.temp
 
 
+def spec_json(spec: PartitionSpec) -> list:
+    """A PartitionSpec as JSON: [None, "fsdp", ["data", "fsdp"], ...]."""
+    return [list(e) if isinstance(e, tuple) else e for e in spec]
+
+
 def _abstract(shape, dtype, mesh, spec: PartitionSpec):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
 
@@ -201,7 +208,7 @@ def step_arrays(config: ml_collections.ConfigDict, mesh, rules=None):
     prompts, rows = rl.num_prompts, rl.num_prompts * rl.num_samples
     per_call = s.prompts_per_call or prompts
     p, n = s.max_prompt_len, s.max_new_tokens
-    batch = sharding.logical_to_spec(("batch", "length"))
+    batch = sharding.logical_to_spec(("batch", "length"), rules)
     rows_spec = PartitionSpec(batch[0])
     key = jax.eval_shape(lambda: jax.random.key(0))
     return StepArrays(
@@ -285,44 +292,36 @@ def plan(
         decode_segments=s.decode_segments,
     )
     prompts_bt, rollout, p = arrays.prompts_bt, arrays.rollout, s.max_prompt_len
+    compiled, timings = {}, {}
+
+    def build(name, jitted, *args, **kwargs):
+        # Wall seconds grow with whatever else the machine runs; this process's CPU seconds
+        # do not, and bound the wall time of a compile that has a host to itself.
+        start, cpu = time.perf_counter(), time.process_time()
+        lowered = jitted.lower(*args, **kwargs)
+        lowered_at = time.perf_counter()
+        compiled[name] = lowered.compile()
+        timings[name] = {
+            "lower_s": round(lowered_at - start, 2),
+            "compile_s": round(time.perf_counter() - lowered_at, 2),
+            "cpu_s": round(time.process_time() - cpu, 2),
+        }
+        return compiled[name]
+
     with sharding.activation_sharding(mesh, rules):
-        prefill = sampler.prefill_jit.lower(
-            graphdef, params, prompts_bt, prompts_bt, static=static
-        ).compile()
+        prefill = build(
+            "prefill", sampler.prefill_jit, graphdef, params, prompts_bt, prompts_bt, static=static
+        )
         # Decode takes prefill's outputs (KV cache, last logits, next positions) as they are.
         cache, logits_bv, next_pos_b = prefill.out_info
-        compiled = {
-            "prefill": prefill,
-            "decode": sampler.decode_jit.lower(
-                graphdef,
-                params,
-                cache,
-                logits_bv,
-                next_pos_b,
-                arrays.rng,
-                jax.ShapeDtypeStruct((), jnp.float32),
-                static=static,
-            ).compile(),
-            "logprobs": rollout_logprobs.lower(
-                graphdef,
-                params,
-                rollout.tokens_bt,
-                rollout.positions_bt,
-                prompt_len=p,
-                num_chunks=arrays.opts.num_minibatches * arrays.opts.num_microbatches,
-                chunk=rl.logprob_chunk,
-            ).compile(),
-            "update": update.lower(
-                graphdef,
-                arrays.tx,
-                params,
-                arrays.opt_state,
-                rollout,
-                arrays.rng,
-                opts=arrays.opts,
-                prompt_len=p,
-            ).compile(),
-        }
+        build("decode", sampler.decode_jit, graphdef, params, cache, logits_bv, next_pos_b,
+              arrays.rng, jax.ShapeDtypeStruct((), jnp.float32), static=static)  # fmt: skip
+        build("logprobs", rollout_logprobs, graphdef, params, rollout.tokens_bt,
+              rollout.positions_bt, prompt_len=p,
+              num_chunks=arrays.opts.num_minibatches * arrays.opts.num_microbatches,
+              chunk=rl.logprob_chunk)  # fmt: skip
+        build("update", update, graphdef, arrays.tx, params, arrays.opt_state, rollout,
+              arrays.rng, opts=arrays.opts, prompt_len=p)  # fmt: skip
     memory = {name: ProgramMemory.of(c) for name, c in compiled.items()}
 
     sizes = state_bytes(config, mesh, rules)
@@ -352,8 +351,13 @@ def plan(
         "per_device_bytes": sizes
         | {f"{name}_temporaries": mem.temp for name, mem in memory.items()},
         "programs": {
-            name: dataclasses.asdict(mem) | {"peak": peaks[name]} for name, mem in memory.items()
+            name: dataclasses.asdict(mem) | {"peak": peaks[name]} | timings[name]
+            for name, mem in memory.items()
         },
+        # Where prefill put the KV cache it hands to decode: [layers, batch, length, kv, dim].
+        "kv_cache_spec": spec_json(cache.k.sharding.spec),
+        "compile_s": round(sum(t["lower_s"] + t["compile_s"] for t in timings.values()), 2),
+        "compile_cpu_s": round(sum(t["cpu_s"] for t in timings.values()), 2),
         "peak_program": peak_program,
         "peak_bytes": peaks[peak_program],
         "peak_gb": round(peaks[peak_program] / GB, 2),
