@@ -7,7 +7,6 @@ has the same keys: a locked config turns a typo on the command line into an erro
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections.abc import Sequence
 
@@ -15,8 +14,8 @@ import ml_collections
 
 from zero_rl import sharding
 from zero_rl.data.difficulty import MATH_LEVELS
-from zero_rl.models.config import ModelConfig, RopeScaling, get_preset
-from zero_rl.models.hf import config_from_hf
+from zero_rl.models import config_from_hf, config_mismatches, read_config_json
+from zero_rl.models.config import ModelConfig, get_preset
 from zero_rl.rewards import DATASETS, RewardConfig
 from zero_rl.rl import ESTIMATORS, LossConfig
 from zero_rl.rl.masking import check_choice
@@ -434,39 +433,6 @@ def _get(config: ml_collections.ConfigDict, key: str):
     return node
 
 
-# Fields that define the network (not how it is run): a preset or `model.dims` given with an HF
-# checkpoint must agree with its config.json on every one of them.
-ARCHITECTURE_FIELDS = (
-    "vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-    "rope_theta", "rope_scaling", "rms_norm_eps", "qkv_bias", "tie_embeddings", "sliding_window",
-    "max_position",
-)  # fmt: skip
-
-
-def architecture_mismatches(expected: ModelConfig | dict, hf_cfg: ModelConfig) -> list[str]:
-    """`"field: expected vs checkpoint"` for each architecture field on which `expected` (a
-    ModelConfig, or a dict of some fields) and the HF checkpoint's config disagree."""
-    given = (
-        {k: getattr(expected, k) for k in ARCHITECTURE_FIELDS}
-        if isinstance(expected, ModelConfig)
-        else {k: v for k, v in expected.items() if k in ARCHITECTURE_FIELDS}
-    )
-    if isinstance(given.get("rope_scaling"), dict):
-        given["rope_scaling"] = RopeScaling(**given["rope_scaling"])
-    return [
-        f"{k}: {v!r} vs {getattr(hf_cfg, k)!r}" for k, v in given.items() if v != getattr(hf_cfg, k)
-    ]
-
-
-def hf_model_config(hf_path: str) -> ModelConfig:
-    """The ModelConfig of the HF checkpoint directory `hf_path` (from its config.json)."""
-    path = os.path.join(hf_path, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model.hf_path={hf_path!r} has no config.json")
-    with open(path) as f:
-        return config_from_hf(json.load(f))
-
-
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
     """The run's ModelConfig: the HF checkpoint's architecture when `model.hf_path` is set (a
     preset or `model.dims` given too must agree with it, field by field), else the preset, else
@@ -486,11 +452,12 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     if m.hf_path:
         # The checkpoint defines the network; a preset that disagrees (Qwen2.5-Math-7B's
         # rope_theta 1e4 under the qwen2.5-7b preset's 1e6) would run it silently wrong.
-        hf_cfg = hf_model_config(m.hf_path)
+        hf_cfg = config_from_hf(read_config_json(m.hf_path))
+        dims = m.dims.to_dict()
         given = {f"model.preset={m.preset!r}": m.preset and get_preset(m.preset),
-                 "model.dims": m.dims.to_dict()}  # fmt: skip
+                 "model.dims": dims and hf_cfg.replace(**dims)}  # fmt: skip
         for name, expected in given.items():
-            if expected and (diff := architecture_mismatches(expected, hf_cfg)):
+            if expected and (diff := config_mismatches(expected, hf_cfg)):
                 raise ValueError(
                     f"{name} does not match the checkpoint {m.hf_path}/config.json "
                     f"(config vs checkpoint): {'; '.join(diff)}. Clear it (the checkpoint "

@@ -34,6 +34,7 @@ from zero_rl.data import (
 from zero_rl.data.synthetic import AdditionTask, sft_pairs
 from zero_rl.data.templates import stop_token_ids
 from zero_rl.models import abstract_params, create_model, from_hf
+from zero_rl.models.config import RUNTIME_FIELDS
 from zero_rl.rewards import VerifierPool
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
@@ -168,10 +169,8 @@ def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     if config.model.hf_path:
         # How the network runs comes from the config; what it is, from the checkpoint (the
         # config's model_cfg already agrees with it: config.model_config checks).
-        run_fields = ("dtype", "param_dtype", "remat", "attention", "attention_chunk",
-                      "value_head", "separate_critic")  # fmt: skip
         model = from_hf(config.model.hf_path, mesh=mesh, rules=rules,
-                        **{k: getattr(model_cfg, k) for k in run_fields})  # fmt: skip
+                        **{k: getattr(model_cfg, k) for k in RUNTIME_FIELDS})  # fmt: skip
     else:
         model = create_model(model_cfg, seed=config.seed, mesh=mesh, rules=rules)
     if config.sft.steps > 0:
