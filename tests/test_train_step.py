@@ -99,7 +99,9 @@ def _run_update(model, rollout, *, microbatches, aggregation, epochs=1, minibatc
 )
 def test_gradient_accumulation_equals_one_big_batch(aggregation):
     model = create_model(CFG, seed=1)
-    rollout = _rollout(model, seed=1)
+    # A dynamic-sampling filler group: its rows count in no token mean, but in Dr. GRPO's
+    # constant normaliser (every row), so each microbatch weighs by its rows there.
+    rollout = _rollout(model, seed=1)._replace(group_mask_p=jnp.asarray([1.0, 0.0, 1.0, 1.0]))
     one, _, m1 = _run_update(model, rollout, microbatches=1, aggregation=aggregation)
     four, _, m4 = _run_update(model, rollout, microbatches=4, aggregation=aggregation)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
@@ -107,9 +109,32 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation):
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
 
 
+def _np_k3(logp, ref, clamp=None):
+    kl = np.exp(ref - logp) - 1.0 - (ref - logp)
+    return kl if clamp is None else np.clip(kl, -clamp, clamp)
+
+
+def _np_reward_to_go_advantages(rewards_pg, kl_bn, mask_bn, group_mask_p, *, coef, gamma, baseline):
+    """REINFORCE++ in float64: per-token reward -coef * kl_t plus the (group-centred) verifier
+    reward on the last token, reward-to-go, whitened over the counted tokens of real groups."""
+    r = rewards_pg - rewards_pg.mean(1, keepdims=True) if baseline else rewards_pg
+    mask = mask_bn * np.repeat(group_mask_p, rewards_pg.shape[1])[:, None]
+    returns = np.zeros(mask.shape)
+    for b, reward in enumerate(r.reshape(-1)):
+        running = 0.0
+        times = np.flatnonzero(mask[b])
+        for k, t in enumerate(times[::-1]):
+            running = -coef * kl_bn[b, t] + (reward if k == 0 else 0.0) + gamma * running
+            returns[b, t] = running
+    counted = returns[mask > 0]
+    return np.where(mask > 0, (returns - counted.mean()) / (counted.std() + 1e-6), 0.0)
+
+
 def test_on_policy_update_is_reinforce_with_group_baseline():
     """One minibatch, on-policy: ratio 1, nothing clipped, and the SGD step equals the gradient
-    of the plain policy loss recomputed outside the update."""
+    of the plain policy loss recomputed outside the update. (The other estimators reach the
+    update through the same advantages array; their advantages are checked below and their
+    on-policy gradients in test_rl_gradients.)"""
     model = create_model(CFG, seed=2)
     rollout = _rollout(model, seed=2)
     new_params, _, metrics = _run_update(model, rollout, microbatches=1, aggregation="token_mean")
@@ -137,7 +162,7 @@ def test_on_policy_update_is_reinforce_with_group_baseline():
             ref_logprobs_bt=rollout.ref_logprobs_bn, entropy_bt=ent,
         )[0]  # fmt: skip
 
-    grads = jax.grad(loss_fn)(params)
+    grads = jax.jit(jax.grad(loss_fn))(params)
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -241,3 +266,121 @@ def test_ppo_update_with_a_separate_critic_trains_only_the_critic_on_value_loss(
     assert metrics["vf_loss"] > 0
     assert moved("critic_layers") > 0 and moved("value_head") > 0
     assert moved("layers") == 0 and moved("embed") == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages and their stats inside the update, on a synthetic rollout (no model needed).
+# ----------------------------------------------------------------------------------------------
+
+# Group 0 all equal, group 2 all equal but a dynamic-sampling filler, groups 1 and 3 mixed.
+STATS_REWARDS_PG = np.asarray(
+    [[1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 0.5]], np.float64
+)
+STATS_GROUP_MASK_P = np.asarray([1.0, 1.0, 0.0, 1.0])
+
+
+def _synthetic_rollout(seed, *, with_values=False):
+    rng = np.random.default_rng(seed)
+    rows = PROMPTS * G
+    lengths = rng.integers(1, N + 1, size=rows)
+    mask = (np.arange(N)[None] < lengths[:, None]).astype(np.float32)
+    old = np.log(rng.uniform(0.05, 0.95, size=(rows, N)))
+    ref = old + rng.normal(scale=0.5, size=(rows, N))
+    zeros_bt = jnp.zeros((rows, P + N), jnp.int32)
+    return Rollout(
+        tokens_bt=zeros_bt,
+        positions_bt=zeros_bt,
+        mask_bn=jnp.asarray(mask),
+        sampler_logprobs_bn=jnp.asarray(old, jnp.float32),
+        old_logprobs_bn=jnp.asarray(old, jnp.float32),
+        ref_logprobs_bn=jnp.asarray(ref, jnp.float32),
+        rewards_pg=jnp.asarray(STATS_REWARDS_PG, jnp.float32),
+        group_mask_p=jnp.asarray(STATS_GROUP_MASK_P, jnp.float32),
+        old_values_bn=jnp.asarray(rng.normal(size=(rows, N)), jnp.float32) if with_values else None,
+    )
+
+
+_advantages_jit = jax.jit(rollout_advantages, static_argnums=1)
+
+
+@pytest.mark.parametrize("estimator", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_reinforce_pp_update_advantages_are_whitened_reward_to_go_with_kl(estimator):
+    rollout = _synthetic_rollout(10)
+    clamp = 0.3  # binds on part of the tokens: k3 of log-ratios with std 0.5
+    opts = UpdateOptions(
+        loss=LossConfig(kl_coef=0.0, kl_clamp=clamp), estimator=estimator, gamma=0.9,
+        kl_in_reward_coef=0.2,
+    )  # fmt: skip
+    adv, returns, stats = _advantages_jit(rollout, opts)
+    assert returns is None
+    old, ref = (
+        np.asarray(x, np.float64) for x in (rollout.old_logprobs_bn, rollout.ref_logprobs_bn)
+    )
+    mask = np.asarray(rollout.mask_bn, np.float64)
+    kl = _np_k3(old, ref, clamp)
+    assert 0 < np.mean(_np_k3(old, ref)[mask > 0] > clamp) < 1
+    expected = _np_reward_to_go_advantages(
+        STATS_REWARDS_PG, kl, mask, STATS_GROUP_MASK_P, coef=0.2, gamma=0.9,
+        baseline=estimator == "reinforce_pp_baseline",
+    )  # fmt: skip
+    np.testing.assert_allclose(adv, expected, rtol=1e-4, atol=1e-5)
+    counted = (mask * np.repeat(STATS_GROUP_MASK_P, G)[:, None]) > 0
+    np.testing.assert_allclose(stats["kl_in_reward"], kl[counted].mean(), rtol=1e-5)
+
+
+def test_grpo_with_kl_in_reward_sums_the_clamped_kl_and_uses_the_std_ddof():
+    rollout = _synthetic_rollout(11)
+    opts = UpdateOptions(
+        loss=LossConfig(kl_coef=0.0, kl_clamp=0.3), kl_in_reward_coef=0.2, adv_std_ddof=0
+    )
+    adv, _, _ = _advantages_jit(rollout, opts)
+    old, ref = (
+        np.asarray(x, np.float64) for x in (rollout.old_logprobs_bn, rollout.ref_logprobs_bn)
+    )
+    mask = np.asarray(rollout.mask_bn, np.float64)
+    shaped = STATS_REWARDS_PG - 0.2 * (_np_k3(old, ref, 0.3) * mask).sum(1).reshape(PROMPTS, G)
+    centered = shaped - shaped.mean(1, keepdims=True)
+    expected = centered / (shaped.std(1, ddof=0, keepdims=True) + 1e-6)
+    expected = expected * STATS_GROUP_MASK_P[:, None]
+    np.testing.assert_allclose(adv, expected.reshape(-1)[:, None] * mask, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "kl_in_reward_coef"),
+    [("grpo", 0.0), ("grpo", 0.5), ("rloo", 0.0), ("reinforce_pp", 0.5),
+     ("reinforce_pp_baseline", 0.0), ("gae", 0.0), ("gae", 0.5)],
+)  # fmt: skip
+def test_reward_stats_use_raw_rewards_of_real_groups_in_every_path(estimator, kl_in_reward_coef):
+    rollout = _synthetic_rollout(12, with_values=estimator == "gae")
+    opts = UpdateOptions(
+        loss=LossConfig(kl_coef=0.0), estimator=estimator, kl_in_reward_coef=kl_in_reward_coef
+    )
+    _, _, stats = _advantages_jit(rollout, opts)
+    real = STATS_REWARDS_PG[STATS_GROUP_MASK_P > 0]
+    # Group 0 is the one real all-equal group; the all-equal filler group 2 is not counted.
+    np.testing.assert_allclose(stats["zero_signal_groups"], 1.0)
+    np.testing.assert_allclose(stats["zero_signal_frac"], 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(stats["reward_mean"], real.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats["reward_std"], real.std(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"loss": LossConfig(kl_coef=1e-3), "kl_in_reward_coef": 0.1},
+            r"rl.kl_in_reward_coef=0.1 and rl.loss.kl_coef=0.001 would both penalise",
+        ),
+        ({"loss": LossConfig(), "estimator": "ppo"}, "unknown rl.estimator 'ppo'"),
+        ({"loss": LossConfig(), "gamma": 0.99}, r"rl.gamma=0.99 has no effect with rl.estimator"),
+        ({"loss": LossConfig(), "gamma": 0.0}, r"rl.gamma must be in \(0, 1\]"),
+        ({"loss": LossConfig(), "lam": 0.95}, "rl.lam=0.95 has no effect"),
+        ({"loss": LossConfig(), "adv_std_ddof": -1}, "rl.adv_std_ddof must be >= 0"),
+        ({"loss": LossConfig(), "kl_in_reward_coef": -0.1}, "rl.kl_in_reward_coef must be >= 0"),
+    ],
+)
+def test_update_options_reject_bad_settings(options, message):
+    with pytest.raises(ValueError, match=message):
+        UpdateOptions(**options)
+    # The same discount is accepted where it applies.
+    UpdateOptions(loss=LossConfig(), estimator="reinforce_pp", gamma=0.99)

@@ -19,15 +19,21 @@ from flax import nnx
 
 from zero_rl.models.transformer import logprobs_from_hidden
 from zero_rl.rl import (
+    ESTIMATORS,
+    REINFORCE_PP_ESTIMATORS,
     LossConfig,
     compute_advantages,
     gae,
     kl_estimate,
     last_token_mask,
     masked_whiten,
+    num_sequences,
     policy_loss,
+    reinforce_pp_advantages,
+    reward_stats,
     value_loss,
 )
+from zero_rl.rl.masking import masked_mean
 from zero_rl.sharding import constrain
 
 
@@ -56,22 +62,60 @@ class Rollout(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class UpdateOptions:
-    """Static options of the update (hashable: part of the jit cache key)."""
+    """Static options of the update (hashable: part of the jit cache key).
+
+    estimator: one of `zero_rl.rl.ESTIMATORS`, or "gae": PPO with a value head as critic
+      (lam, vf_coef, vf_clip apply to it). "reinforce_pp" and "reinforce_pp_baseline" train on
+      per-token advantages (`zero_rl.rl.reinforce_pp_advantages`).
+    gamma: discount of the per-token returns ("gae", "reinforce_pp", "reinforce_pp_baseline").
+    adv_std_ddof: delta degrees of freedom of the GRPO group std.
+    kl_in_reward_coef: > 0 puts the KL to the reference into the reward (per token for the
+      token-level estimators, summed per response for the group ones) instead of the loss;
+      it uses loss.kl_estimator and loss.kl_clamp.
+    """
 
     loss: LossConfig
-    # A group estimator ("grpo", "dr_grpo", "rloo", "reinforce_pp", ...) or "gae": PPO with the
-    # policy's value head as critic (gamma, lam, vf_coef, vf_clip apply to it).
     estimator: str = "grpo"
     gamma: float = 1.0
     lam: float = 1.0
     vf_coef: float = 0.0
     vf_clip: float | None = 0.2
     adv_eps: float = 1e-6
+    adv_std_ddof: int = 1
     kl_in_reward_coef: float = 0.0
     epochs: int = 1
     num_minibatches: int = 1
     num_microbatches: int = 1
     logprob_chunk: int = 512
+
+    def __post_init__(self):
+        valid = (*ESTIMATORS, "gae")
+        if self.estimator not in valid:
+            raise ValueError(f"unknown rl.estimator {self.estimator!r}; valid: {valid}")
+        if self.kl_in_reward_coef < 0:
+            raise ValueError(f"rl.kl_in_reward_coef must be >= 0; got {self.kl_in_reward_coef}")
+        if self.kl_in_reward_coef and self.loss.kl_coef:
+            raise ValueError(
+                f"rl.kl_in_reward_coef={self.kl_in_reward_coef} and "
+                f"rl.loss.kl_coef={self.loss.kl_coef} would both penalise the KL to the "
+                "reference (in the reward and in the loss); set one of them to 0"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"rl.gamma must be in (0, 1]; got {self.gamma}")
+        if self.gamma != 1.0 and self.estimator not in (*REINFORCE_PP_ESTIMATORS, "gae"):
+            raise ValueError(
+                f"rl.gamma={self.gamma} has no effect with rl.estimator={self.estimator!r}; "
+                f"it discounts the per-token returns of {(*REINFORCE_PP_ESTIMATORS, 'gae')}"
+            )
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"rl.lam must be in [0, 1]; got {self.lam}")
+        if self.lam != 1.0 and self.estimator != "gae":
+            raise ValueError(
+                f"rl.lam={self.lam} has no effect with rl.estimator={self.estimator!r}; "
+                "it is GAE's lambda (rl.estimator='gae')"
+            )
+        if self.adv_std_ddof < 0:
+            raise ValueError(f"rl.adv_std_ddof must be >= 0; got {self.adv_std_ddof}")
 
 
 def assemble_sequences(
@@ -161,52 +205,62 @@ def _training_mask(rollout: Rollout) -> jax.Array:
 
 
 def _loss_count(mask_bn: jax.Array, aggregation: str) -> jax.Array:
-    """What the aggregation averages over: tokens, or sequences with at least one token."""
+    """What the aggregation averages over: tokens, sequences with at least one token, or (Dr.
+    GRPO's constant normaliser) every row."""
     if aggregation == "token_mean":
         return jnp.sum(mask_bn)
+    if aggregation == "seq_mean_token_sum_norm":
+        return num_sequences(mask_bn.shape)
     return jnp.sum(jnp.any(mask_bn > 0, axis=-1).astype(jnp.float32))
 
 
 def rollout_advantages(rollout: Rollout, opts: UpdateOptions):
-    """Per-token advantages [rows, N] (and value targets [rows, N] for "gae", else None) from
-    the rewards, inside jit."""
-    if opts.estimator == "gae":
-        return _gae_advantages(rollout, opts)
-    rewards_pg = rollout.rewards_pg
+    """Per-token advantages [rows, N], value targets [rows, N] for "gae" (else None), and
+    scalar stats of the verifier rewards (before KL shaping) over the groups that train."""
+    mask = _training_mask(rollout)
+    stats = reward_stats(rollout.rewards_pg, rollout.group_mask_p)
+    kl_bn = None
     if opts.kl_in_reward_coef:
-        # KL as a reward penalty: each sequence's summed per-token KL to the reference.
         kl_bn = kl_estimate(
-            rollout.old_logprobs_bn, rollout.ref_logprobs_bn, estimator=opts.loss.kl_estimator
-        )
-        kl_b = jnp.sum(kl_bn * rollout.mask_bn, axis=1)
+            rollout.old_logprobs_bn, rollout.ref_logprobs_bn,
+            estimator=opts.loss.kl_estimator, clamp=opts.loss.kl_clamp,
+        )  # fmt: skip
+        stats["kl_in_reward"] = masked_mean(kl_bn, mask)
+    if opts.estimator == "gae":
+        return (*_gae_advantages(rollout, opts, mask, kl_bn), stats)
+    if opts.estimator in REINFORCE_PP_ESTIMATORS:
+        advantages = reinforce_pp_advantages(
+            rollout.rewards_pg, rollout.mask_bn, estimator=opts.estimator, kl_bt=kl_bn,
+            kl_coef=opts.kl_in_reward_coef, gamma=opts.gamma, eps=opts.adv_eps,
+            group_mask_p=rollout.group_mask_p,
+        )  # fmt: skip
+        return advantages, None, stats
+    rewards_pg = rollout.rewards_pg
+    if kl_bn is not None:
+        # The group estimators see one reward per response: the verifier reward minus the
+        # response's summed KL penalty (as verl applies a KL penalty before GRPO).
+        kl_b = jnp.sum(jnp.where(rollout.mask_bn > 0, kl_bn, 0.0), axis=1)
         rewards_pg = rewards_pg - opts.kl_in_reward_coef * kl_b.reshape(rewards_pg.shape)
-    adv_pg, stats = compute_advantages(
-        rewards_pg, estimator=opts.estimator, eps=opts.adv_eps, group_mask_p=rollout.group_mask_p
-    )
+    adv_pg, _ = compute_advantages(
+        rewards_pg, estimator=opts.estimator, eps=opts.adv_eps, std_ddof=opts.adv_std_ddof,
+        group_mask_p=rollout.group_mask_p,
+    )  # fmt: skip
     return adv_pg.reshape(-1)[:, None] * rollout.mask_bn, None, stats
 
 
-def _gae_advantages(rollout: Rollout, opts: UpdateOptions):
+def _gae_advantages(rollout: Rollout, opts: UpdateOptions, mask, kl_bn):
     """PPO: the outcome reward on each response's last token (minus a per-token KL penalty when
     `kl_in_reward_coef` is set), GAE over the rollout's values, advantages whitened over the
     batch (Schulman et al. 2017; as in the RLHF PPO recipes)."""
     if rollout.old_values_bn is None:
         raise ValueError('estimator="gae" needs the rollout\'s old values (a value head)')
-    mask = _training_mask(rollout)
     token_rewards = last_token_mask(rollout.mask_bn) * rollout.rewards_pg.reshape(-1)[:, None]
-    if opts.kl_in_reward_coef:
-        kl_bn = kl_estimate(
-            rollout.old_logprobs_bn, rollout.ref_logprobs_bn, estimator=opts.loss.kl_estimator
+    if kl_bn is not None:
+        token_rewards = token_rewards - opts.kl_in_reward_coef * jnp.where(
+            rollout.mask_bn > 0, kl_bn, 0.0
         )
-        token_rewards = token_rewards - opts.kl_in_reward_coef * kl_bn * rollout.mask_bn
     advantages, returns = gae(rollout.old_values_bn, token_rewards, mask, opts.gamma, opts.lam)
-    stats = {
-        "reward_mean": jnp.mean(rollout.rewards_pg),
-        "reward_std": jnp.std(rollout.rewards_pg),
-        "zero_signal_groups": jnp.float32(0),
-        "zero_signal_frac": jnp.float32(0),
-    }
-    return masked_whiten(advantages, mask), returns, stats
+    return masked_whiten(advantages, mask), returns
 
 
 @functools.partial(
