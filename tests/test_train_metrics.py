@@ -1,12 +1,25 @@
-"""TensorBoard event files written and read back without TensorFlow; the compile counter."""
+"""TensorBoard event files written and read back without TensorFlow; the compile counter; the
+step's scalars, sample texts and progress line."""
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import pytest
 
-from zero_rl.train.metrics import CompileCounter, SummaryWriter, _read_events, read_scalars
+from zero_rl.data import Example
+from zero_rl.rewards import Verdict
+from zero_rl.train.metrics import (
+    CompileCounter,
+    SummaryWriter,
+    _read_events,
+    log_samples,
+    progress_line,
+    read_scalars,
+    step_metrics,
+)
 
 
 def test_scalars_and_text_round_trip(tmp_path):
@@ -50,3 +63,56 @@ def test_compile_counter_counts_new_programs_only():
     assert CompileCounter.count() == before
     f(jnp.ones(6))
     assert CompileCounter.count() > before
+
+
+def _texts(path):
+    return {v.tag: v.tensor.string_val[0].decode() for e in _read_events(str(path))
+            for v in e.summary.value if v.tag.startswith("samples/")}  # fmt: skip
+
+
+def _result(groups, samples):
+    examples = [Example(f"s/{g}", f"question {g}", str(g), "s") for g in range(groups)]
+    texts = [f"answer {g}.{s}" for g in range(groups) for s in range(samples)]
+    verdicts = [Verdict(s == 0, str(g), 1.0, False, False) for g in range(groups)
+                for s in range(samples)]  # fmt: skip
+    return SimpleNamespace(examples=examples, texts=texts, verdicts=verdicts)
+
+
+@pytest.mark.parametrize(
+    "count, shown",
+    [(4, ["0.0", "2.0", "4.0", "6.0"]), (10, [f"{g}.0" for g in range(8)] + ["0.1", "1.1"])],
+)
+def test_sample_texts_come_from_several_prompts(tmp_path, count, shown):
+    writer = SummaryWriter(str(tmp_path), enabled=True)
+    log_samples(writer, 3, _result(groups=8, samples=2), count)
+    writer.close()
+    (path,) = tmp_path.iterdir()
+    texts = _texts(path)
+    assert sorted(texts) == sorted(f"samples/{i}" for i in range(count))
+    for i, sample in enumerate(shown):
+        g, s = sample.split(".")
+        text = texts[f"samples/{i}"]
+        assert text.startswith(f"**prompt s/{g}: correct={s == '0'} extracted='{g}' gold='{g}'**")
+        assert f"question {g}" in text and text.endswith(f"answer {g}.{s}")
+
+
+DEVICE_METRICS = {"entropy": 1.5, "clip_frac_low": 0.1, "clip_frac_high": 0.2, "approx_kl": 0.01,
+                  "grad_norm": 2.0, "loss": 0.3, "adv/zero_signal_frac": 0.25,
+                  "sampler_logprob_gap_mean": 1e-3}  # fmt: skip
+STATS = {"train/reward_mean": 0.5, "train/accuracy": 0.5, "train/response_length_mean": 12.0,
+         "perf/sample_tokens": 100.0, "perf/sample_time_s": 2.0}  # fmt: skip
+
+
+def test_kl_is_logged_only_when_the_update_measured_one():
+    without = step_metrics(STATS, DEVICE_METRICS, learning_rate=1e-3, step_time_s=4.0)
+    assert "train/kl" not in without
+    assert without["train/clip_frac"] == pytest.approx(0.3)
+    assert without["perf/sample_tokens_per_s"] == 50.0
+    line = progress_line(3, 10, without)
+    assert line == "step 3/10 reward +0.500 acc 0.500 len 12.0 time 4.00s"
+    with_kl = step_metrics(STATS, DEVICE_METRICS | {"kl": 2e-3}, learning_rate=1e-3,
+                           step_time_s=4.0)  # fmt: skip
+    assert with_kl["train/kl"] == 2e-3
+    assert progress_line(3, 10, with_kl) == (
+        "step 3/10 reward +0.500 acc 0.500 len 12.0 kl 2.00e-03 time 4.00s"
+    )

@@ -11,8 +11,10 @@ import pytest
 from jax._src import array as jax_array
 
 from zero_rl.data import Example
-from zero_rl.rewards import Verdict
+from zero_rl.rewards import RewardConfig, Verdict
+from zero_rl.sampler import SampleOutput
 from zero_rl.tokenizer import load_tokenizer
+from zero_rl.train import evaluate as evaluate_lib
 from zero_rl.train import loop, rollout
 from zero_rl.train.checkpoint import Checkpointer
 from zero_rl.train.config import load_config
@@ -347,3 +349,43 @@ def test_the_response_tokens_are_the_only_device_to_host_transfer_of_a_step(poli
     finally:
         jax_array.ArrayImpl._value = value
     assert len(result.texts) == 4
+
+
+class _RowTextTokenizer:
+    """The tiny tokenizer, except that a response's first token picks its text from `texts`."""
+
+    def __init__(self, texts):
+        self._tokenizer = load_tokenizer(loop.TINY_TOKENIZER)
+        self.texts = texts
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def decode(self, ids):
+        return self.texts[ids[0]]
+
+
+def test_evaluation_grades_up_to_the_stop_string_as_rollouts_do(monkeypatch):
+    texts = ["\\boxed{3}</answer> more: \\boxed{7}", "\\boxed{7}</answer> \\boxed{3}", "\\boxed{3}"]
+    tokenizer = _RowTextTokenizer(texts)
+
+    def fake_generate(model, tokens_bt, positions_bt, *, max_new_tokens, **kwargs):
+        rows = tokens_bt.shape[0]
+        return SampleOutput(
+            tokens_bn=jnp.arange(rows)[:, None] * jnp.ones((1, max_new_tokens), jnp.int32),
+            logprobs_bn=jnp.zeros((rows, max_new_tokens)), lengths_b=jnp.full((rows,), 2),
+            stopped_b=jnp.ones((rows,), bool), decode_steps_b=jnp.full((rows,), 2),
+        )  # fmt: skip
+
+    monkeypatch.setattr(evaluate_lib.sampler, "generate_padded", fake_generate)
+    examples = [Example(f"e/{i}", "1+2=", "3", "e") for i in range(3)]
+    result = evaluate_lib.evaluate(
+        None, None, examples, tokenizer=tokenizer, template="r1_zero", max_prompt_len=512,
+        max_new_tokens=4, batch_size=4, stop_token_ids=(), reward=RewardConfig(),
+    )  # fmt: skip
+    assert result.texts == ["\\boxed{3}</answer>", "\\boxed{7}</answer>", "\\boxed{3}"]
+    assert [v.correct for v in result.verdicts] == [True, False, True]
+    assert result.accuracy == pytest.approx(2 / 3)
+    assert result.texts == rollout.decode_responses(
+        tokenizer, "r1_zero", np.arange(3)[:, None], np.full(3, 2)
+    )
