@@ -357,31 +357,16 @@ def big_dir(tmp_path_factory):
     """A ~59 MB float32 checkpoint of `_BIG`, written with numpy alone; largest tensor 4.2 MB."""
     path = tmp_path_factory.mktemp("big")
     rng = np.random.default_rng(0)
-    d, q, kv, f = (
-        _BIG.embed_dim,
-        _BIG.num_heads * _BIG.head_dim,
-        _BIG.num_kv_heads * _BIG.head_dim,
-        _BIG.mlp_dim,
-    )
-    per_layer = {
-        "self_attn.q_proj.weight": (q, d),
-        "self_attn.k_proj.weight": (kv, d),
-        "self_attn.v_proj.weight": (kv, d),
-        "self_attn.o_proj.weight": (d, q),
-        "mlp.gate_proj.weight": (f, d),
-        "mlp.up_proj.weight": (f, d),
-        "mlp.down_proj.weight": (d, f),
-        "input_layernorm.weight": (d,),
-        "post_attention_layernorm.weight": (d,),
-    }
-    shapes = {
-        "model.embed_tokens.weight": (_BIG.vocab_size, d),
-        "lm_head.weight": (_BIG.vocab_size, d),
-        "model.norm.weight": (d,),
-    }
+    d, f, v = _BIG.embed_dim, _BIG.mlp_dim, _BIG.vocab_size
+    q, kv = _BIG.num_heads * _BIG.head_dim, _BIG.num_kv_heads * _BIG.head_dim
+    per_layer = {"self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d),
+                 "self_attn.v_proj": (kv, d), "self_attn.o_proj": (d, q), "mlp.gate_proj": (f, d),
+                 "mlp.up_proj": (f, d), "mlp.down_proj": (d, f), "input_layernorm": (d,),
+                 "post_attention_layernorm": (d,)}  # fmt: skip
+    shapes = {"model.embed_tokens": (v, d), "lm_head": (v, d), "model.norm": (d,)}
     for i in range(_BIG.num_layers):
         shapes |= {f"model.layers.{i}.{name}": shape for name, shape in per_layer.items()}
-    tensors = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
+    tensors = {f"{k}.weight": rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf_config(_BIG, dtype="float32")))
     sizes = [t.nbytes for t in tensors.values()]

@@ -71,7 +71,8 @@ class Tokenizer(abc.ABC):
     def batch_encode(
         self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False
     ) -> list[list[int]]:
-        """`encode` over a list of strings (the HF backend encodes them in parallel)."""
+        """`encode` over a list of strings: one list of ids per text, unpadded (the HF backend
+        encodes them in parallel). `encode_prompts` makes a padded [batch, time] array."""
         if isinstance(texts, str):
             raise TypeError("batch_encode takes a list of strings, got a single str")
         for i, text in enumerate(texts):
@@ -84,7 +85,8 @@ class Tokenizer(abc.ABC):
         return [prefix + ids + suffix for ids in self._encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
-        """Text of `ids`; with `skip_special`, BOS/EOS/pad and other special tokens are dropped."""
+        """Text of `ids` (a flat sequence, or an array of any shape read in row-major order); with
+        `skip_special`, BOS/EOS/pad and other special tokens are dropped."""
         ids_n = np.asarray(ids, dtype=np.int64).reshape(-1)
         bad_n = ids_n[(ids_n < 0) | (ids_n >= self.vocab_size)]
         if bad_n.size:

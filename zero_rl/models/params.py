@@ -23,7 +23,9 @@ def _axes_of(path, variable) -> tuple[str, ...]:
 
 
 def logical_axes(params: nnx.State) -> nnx.State:
-    """The logical-axis tuple of every parameter; stacked block weights gain a leading "layers"."""
+    """The logical-axis tuple of every parameter, e.g. ("embed", "heads", "head_dim") for a query
+    projection [embed, heads, head_dim]; stacked block weights [layers, ...] gain a leading
+    "layers"."""
     return nnx.map_state(_axes_of, params)
 
 
@@ -32,7 +34,9 @@ def abstract_params(
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, params) with ShapeDtypeStruct leaves: shapes of a full-size model, no memory.
 
-    With a mesh, each leaf also carries its NamedSharding (for AOT compilation and restores).
+    Leaves have the real parameters' shapes (e.g. embed [vocab, embed]; block weights stacked
+    [layers, ...]) and `cfg.param_dtype`. With a mesh, each leaf also carries its NamedSharding
+    (for AOT compilation and restores).
     """
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract = nnx.split(model)
@@ -55,7 +59,8 @@ def abstract_params(
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> nnx.State:
-    """NamedSharding of every parameter under `rules` on `mesh`."""
+    """NamedSharding of every parameter under `rules` on `mesh` (a State shaped like the
+    parameters, one sharding per leaf)."""
     _, abstract = abstract_params(cfg)
     return nnx.map_state(
         lambda path, var: sharding.named_sharding(
@@ -68,7 +73,8 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=sharding.DEFAULT_RULES) 
 def create_model(
     cfg: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES
 ) -> Transformer:
-    """A randomly initialised model; with a mesh, each parameter is created already sharded."""
+    """A randomly initialised model (`model(tokens_bt)` -> logits [batch, time, vocab]); with a
+    mesh, each parameter is created already sharded, never whole on one device."""
     if mesh is None:
         return Transformer(cfg, rngs=nnx.Rngs(seed))
     graphdef, _ = abstract_params(cfg)
