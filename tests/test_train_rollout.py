@@ -365,7 +365,8 @@ class _RowTextTokenizer:
         return self.texts[ids[0]]
 
 
-def test_evaluation_grades_up_to_the_stop_string_as_rollouts_do(monkeypatch):
+def _evaluate_scripted(monkeypatch, progress=False):
+    """evaluate() on scripted responses (the sampler replaced) for three examples, gold "3"."""
     texts = ["\\boxed{3}</answer> more: \\boxed{7}", "\\boxed{7}</answer> \\boxed{3}", "\\boxed{3}"]
     tokenizer = _RowTextTokenizer(texts)
 
@@ -382,10 +383,39 @@ def test_evaluation_grades_up_to_the_stop_string_as_rollouts_do(monkeypatch):
     result = evaluate_lib.evaluate(
         None, None, examples, tokenizer=tokenizer, template="r1_zero", max_prompt_len=512,
         max_new_tokens=4, batch_size=4, stop_token_ids=(), reward=RewardConfig(),
+        progress=progress,
     )  # fmt: skip
+    return result, tokenizer
+
+
+def test_evaluation_grades_up_to_the_stop_string_as_rollouts_do(monkeypatch):
+    result, tokenizer = _evaluate_scripted(monkeypatch)
     assert result.texts == ["\\boxed{3}</answer>", "\\boxed{7}</answer>", "\\boxed{3}"]
     assert [v.correct for v in result.verdicts] == [True, False, True]
     assert result.accuracy == pytest.approx(2 / 3)
     assert result.texts == rollout.decode_responses(
         tokenizer, "r1_zero", np.arange(3)[:, None], np.full(3, 2)
     )
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_evaluation_shows_a_progress_bar_only_when_asked(monkeypatch, progress):
+    bars = []
+
+    def fake_tqdm(iterable, **kwargs):
+        bars.append(kwargs)
+        return iterable
+
+    monkeypatch.setattr(evaluate_lib, "tqdm", fake_tqdm)
+    _evaluate_scripted(monkeypatch, progress)
+    # disable=None lets tqdm hide itself when stderr is not a terminal (log files, CI).
+    assert [b["disable"] for b in bars] == [None if progress else True]
+
+
+def test_progress_bars_need_the_config_flag_and_a_terminal(monkeypatch):
+    config = load_config(TINY)
+    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: True)
+    assert loop._show_progress(config)
+    assert not loop._show_progress(load_config(TINY, ["progress_bars=false"]))
+    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: False)
+    assert not loop._show_progress(config)
