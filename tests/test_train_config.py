@@ -14,6 +14,7 @@ from flax import nnx
 
 from zero_rl.data import RecordError
 from zero_rl.models import config_from_hf, from_hf, get_preset, hf_config
+from zero_rl.sharding import make_mesh
 from zero_rl.train import config as config_lib
 from zero_rl.train import loop
 from zero_rl.train.config import load_config, set_override, validate
@@ -348,9 +349,12 @@ def test_rerun_differences_sort_result_changes_from_harmless_ones():
 
 def test_a_rerun_keeps_the_saved_config_and_refuses_another_seed(tmp_path, caplog):
     path = tmp_path / "config.json"
+    loop._save_config(load_config(TINY, ["seed=3"]), str(tmp_path), is_main=True)
+    # Without checkpoints there is no run to resume: a new config replaces the old one.
     loop._save_config(load_config(TINY), str(tmp_path), is_main=True)
     first = path.read_text()
     assert json.loads(first)["seed"] == 0
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     loop._save_config(load_config(TINY), str(tmp_path), is_main=True)
     assert path.read_text() == first
     with pytest.raises(ValueError, match=r"seed: 0 -> 1.*Use a new --workdir"):
@@ -360,3 +364,21 @@ def test_a_rerun_keeps_the_saved_config_and_refuses_another_seed(tmp_path, caplo
         loop._save_config(load_config(TINY, ["log_every=2"]), str(tmp_path), is_main=True)
     assert "log_every: 1 -> 2" in caplog.text
     assert json.loads(path.read_text())["log_every"] == 2
+
+
+def test_update_options_carry_the_rl_keys():
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+    opts = loop.update_options(load_config(TINY, ["mesh.data=1"]), mesh)
+    assert (opts.adv_std_ddof, opts.estimator, opts.loss.kl_coef) == (1, "grpo", 1e-4)
+    config = load_config(TINY, ["mesh.data=1", "rl.adv_std_ddof=0", "rl.loss.kl_coef=0",
+                                "rl.kl_in_reward_coef=0.01", "rl.epochs=2"])  # fmt: skip
+    opts = loop.update_options(config, mesh)
+    assert (opts.adv_std_ddof, opts.kl_in_reward_coef, opts.epochs) == (0, 0.01, 2)
+    assert opts.num_minibatches == 32 * 8 // 128
+
+
+def test_kl_in_both_reward_and_loss_fails_before_any_set_up(tmp_path):
+    config = load_config(TINY, ["mesh.data=1", "rl.kl_in_reward_coef=0.01"])  # kl_coef 1e-4
+    with pytest.raises(ValueError, match="would both penalise the KL"):
+        loop.train(config, str(tmp_path))
+    assert not (tmp_path / "sft").exists()

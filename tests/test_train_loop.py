@@ -1,8 +1,11 @@
 """The RL loop end to end on the tiny config: it learns, records, resumes and handles signals."""
 
+import contextlib
+import io
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import pytest
 from zero_rl import sharding
 from zero_rl.train.config import load_config
 from zero_rl.train.loop import train, update_options
-from zero_rl.train.metrics import read_scalars
+from zero_rl.train.metrics import _read_events, read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -42,13 +45,16 @@ REQUIRED_TAGS = [
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("learn"))
-    metrics = train(load_config(TINY, LEARN), workdir)
-    return workdir, metrics, read_scalars(os.path.join(workdir, "tb"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        metrics = train(load_config(TINY, LEARN), workdir)
+    sys.stdout.write(out.getvalue())
+    return workdir, metrics, read_scalars(os.path.join(workdir, "tb")), out.getvalue()
 
 
 @pytest.mark.slow
 def test_tiny_run_visibly_learns(learned_run):
-    _, _, scalars = learned_run
+    _, _, scalars, _ = learned_run
     accuracy = dict(scalars["eval/accuracy"])
     assert sorted(accuracy) == [0, 10, 20]
     # Held-out greedy accuracy: the SFT base model forgets carries; RL must fix them.
@@ -57,17 +63,34 @@ def test_tiny_run_visibly_learns(learned_run):
 
 @pytest.mark.slow
 def test_run_records_every_required_scalar_and_samples(learned_run):
-    workdir, _, scalars = learned_run
+    workdir, _, scalars, stdout = learned_run
     missing = [tag for tag in REQUIRED_TAGS if tag not in scalars]
     assert not missing
     assert [s for s, _ in scalars["train/reward_mean"]] == list(range(1, 21))
+    # The tiny config has SimpleRL-Zoo's k3 KL term: a measured KL, positive once the policy moved.
+    assert all(v >= 0 for _, v in scalars["train/kl"]) and scalars["train/kl"][-1][1] > 0
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["total_steps"] == 20
+    # Sample responses with their verdicts, from several prompts, at every logged step.
+    texts = {}
+    for name in os.listdir(os.path.join(workdir, "tb")):
+        for event in _read_events(os.path.join(workdir, "tb", name)):
+            for value in event.summary.value:
+                if value.tag.startswith("samples/"):
+                    texts.setdefault(event.step, []).append(value.tensor.string_val[0].decode())
+    assert sorted(texts) == list(range(1, 21))
+    prompts = {re.match(r"\*\*prompt (\S+): correct=(True|False) ", t).group(1)
+               for t in texts[20]}  # fmt: skip
+    assert len(texts[20]) == 4 and len(prompts) == 4
+    # One progress line per step.
+    lines = re.findall(r"^step (\d+)/20 reward [+-]\d\.\d{3} acc \d\.\d{3} len [\d.]+ "
+                       r"kl [\d.e+-]+ time [\d.]+s$", stdout, re.MULTILINE)  # fmt: skip
+    assert lines == [str(i) for i in range(1, 21)]
 
 
 @pytest.mark.slow
 def test_periodic_benchmark_evaluation(learned_run):
-    workdir, _, scalars = learned_run
+    workdir, _, scalars, _ = learned_run
     steps = [s for s, _ in scalars["eval/synthetic_addition/accuracy"]]
     assert steps == [0, 10, 20]
     for step in steps:
@@ -78,7 +101,7 @@ def test_periodic_benchmark_evaluation(learned_run):
 
 @pytest.mark.slow
 def test_compilations_stop_after_the_first_steps(learned_run):
-    _, _, scalars = learned_run
+    _, _, scalars, _ = learned_run
     compiles = [v for _, v in scalars["perf/num_compiles"]]
     assert compiles[2:] == [compiles[2]] * (len(compiles) - 2), compiles
 
@@ -167,12 +190,13 @@ def test_unknown_config_key_is_an_error_listing_valid_keys(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "nonexistent" in proc.stderr + proc.stdout
+    assert "unknown key 'nonexistent' in config.rl; valid keys: [" in proc.stderr
+    assert "'kl_in_reward_coef'" in proc.stderr and "'num_prompts'" in proc.stderr
 
 
 @pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(learned_run):
-    workdir, metrics, _ = learned_run
+    workdir, metrics, _, _ = learned_run
     final = pathlib.Path(workdir, "final_metrics.json")
     before = final.read_text()
     again = train(load_config(TINY, LEARN), workdir)

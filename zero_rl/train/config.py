@@ -14,6 +14,7 @@ import ml_collections
 
 from zero_rl import sharding
 from zero_rl.data.difficulty import MATH_LEVELS
+from zero_rl.data.records import FieldMapping
 from zero_rl.models import config_from_hf, config_mismatches, read_config_json
 from zero_rl.models.config import ModelConfig, get_preset
 from zero_rl.rewards import DATASETS, RewardConfig
@@ -127,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.vf_coef = 0.5
     c.rl.vf_clip = 0.2
     c.rl.adv_eps = 1e-6
+    c.rl.adv_std_ddof = 1  # of the GRPO group std: 1 = unbiased, like torch.std in verl/OpenRLHF
     c.rl.kl_in_reward_coef = 0.0  # > 0 puts the KL into the reward instead of the loss
     c.rl.dynamic_sampling = False
     c.rl.max_draws = 3
@@ -470,6 +472,17 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     if vocab_size is not None:
         dims.setdefault("vocab_size", vocab_size)
     return ModelConfig(**(dims | common))
+
+
+def field_mapping(config: ml_collections.ConfigDict) -> FieldMapping:
+    """How the records of a data file named by data.train / data.eval become Examples."""
+    d = config.data
+    return FieldMapping(
+        question_field=d.question_field, answer_field=d.answer_field,
+        answer_from_solution=d.answer_from_solution, solution_field=d.solution_field,
+        level_field=d.level_field or None, id_field=d.id_field or None,
+        gold_format=d.gold_format or None,
+    )  # fmt: skip
 
 
 def loss_config(config: ml_collections.ConfigDict) -> LossConfig:

@@ -22,7 +22,6 @@ from flax import nnx
 
 from zero_rl import sharding
 from zero_rl.data import (
-    FieldMapping,
     PromptIterator,
     RecordError,
     default_template,
@@ -59,17 +58,6 @@ TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_a
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def field_mapping(config: ml_collections.ConfigDict) -> FieldMapping:
-    """How the records of a data file named by data.train / data.eval become Examples."""
-    d = config.data
-    return FieldMapping(
-        question_field=d.question_field, answer_field=d.answer_field,
-        answer_from_solution=d.answer_from_solution, solution_field=d.solution_field,
-        level_field=d.level_field or None, id_field=d.id_field or None,
-        gold_format=d.gold_format or None,
-    )  # fmt: skip
-
-
 def _read_data(config: ml_collections.ConfigDict, key: str) -> list:
     """The examples of `config.data.<key>`: a shipped benchmark name or a data file."""
     name = config.data[key]
@@ -78,7 +66,9 @@ def _read_data(config: ml_collections.ConfigDict, key: str) -> list:
     if not os.path.isfile(name):
         raise FileNotFoundError(f"data.{key}: no data file at {name!r}")
     try:
-        result = read_examples(name, field_mapping(config), on_error=config.data.on_error)
+        result = read_examples(
+            name, config_lib.field_mapping(config), on_error=config.data.on_error
+        )
     except RecordError as err:
         hint = (
             "data.answer_from_solution=False reads data.answer_field instead"
@@ -215,6 +205,7 @@ def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         loss=config_lib.loss_config(config),
         estimator=rl.estimator,
         adv_eps=rl.adv_eps,
+        adv_std_ddof=rl.adv_std_ddof,
         kl_in_reward_coef=rl.kl_in_reward_coef,
         epochs=rl.epochs,
         num_minibatches=rows // rl.minibatch_size,
@@ -273,6 +264,7 @@ class _Run:
 def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding)
+    opts = update_options(config, mesh)  # checks the RL options before any loading
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
     model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
     template = config.data.template or _default_template(config.model, model_cfg)
@@ -290,7 +282,6 @@ def _resolve(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
                         max_prompt_len=max_len,
                         name=f"eval.benchmarks {eval_set.name}")  # fmt: skip
-    opts = update_options(config, mesh)
     tx, schedule = make_optimizer(
         config.optim, config.total_steps * opts.epochs * opts.num_minibatches
     )
@@ -411,12 +402,15 @@ def _step(run: _Run, collector, params, opt_state, ref_params, iterator, step_rn
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> None:
-    """Writes the resolved config to workdir/config.json. A rerun in the same workdir must not
-    change a key that changes results (it would resume the old run's checkpoints under new
-    settings, e.g. another seed's random stream): that raises, before anything is written."""
+    """Writes the resolved config to workdir/config.json. A rerun in a workdir with checkpoints
+    must not change a key that changes results (it would resume the old run under new settings,
+    e.g. another seed's random stream): that raises, before anything is written."""
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort())
-    if os.path.isfile(path):
+    # Only checkpoints (of the RL or the SFT stage) make a run that another config would bury.
+    stages = [os.path.join(workdir, d) for d in ("checkpoints", "sft")]
+    resumable = any(os.path.isdir(d) and os.listdir(d) for d in stages)
+    if os.path.isfile(path) and resumable:
         with open(path) as f:
             saved = json.load(f)
         changed, harmless = config_lib.rerun_differences(saved, current)
@@ -438,8 +432,8 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     CompileCounter.install()
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    _save_config(config, workdir, is_main)
     run = _resolve(config, workdir)
+    _save_config(config, workdir, is_main)  # a config that fails to resolve leaves no trace
     rl = config.rl
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpoint)  # fmt: skip
