@@ -146,6 +146,30 @@ assert runs["A"]["eval/accuracy"][0] == runs["B"]["eval/accuracy"][0]
 assert all(abs(lr - 1e-4) < 1e-10 for _, lr in runs["B"]["train/learning_rate"])
 # The restored checkpoint reproduces the accuracy logged at its step (float32 in TensorBoard).
 assert abs(result.accuracy - logged) < 1e-6, (result.accuracy, logged)
+# The sampled-verdict table: the first 8 held-out problems whose ones digits carry, each
+# policy's greedy answer judged by integer arithmetic, shown cell for cell.
+def total(ex):
+    return ex.meta["a"] + ex.meta["b"]
+
+
+carry = [ex for ex in held_out if total(ex) % 10 != ex.meta["a"] % 10 + ex.meta["b"] % 10]
+assert [ex.id for ex in examples] == [ex.id for ex in carry[:8]] and len(examples) == 8
+assert list(verdicts) == [f"A step {first.step}", f"A step {last.step}", f"B step {last_b.step}"]
+lines = table.data.splitlines()
+assert lines[0] == "| question | gold | " + " | ".join(verdicts) + " |", lines[0]
+assert len(lines) == 2 + len(examples)
+for ex, line in zip(examples, lines[2:]):
+    cells = [c.strip().strip("`") for c in line.strip("|").split(" | ")]
+    assert cells[:2] == [ex.prompt.strip(), str(total(ex))], cells
+    for cell, (name, v) in zip(cells[2:], verdicts.items()):
+        answer = v[examples.index(ex)].extracted
+        right = answer is not None and answer.isdigit() and int(answer) == total(ex)
+        assert cell == f"{answer} {'✓' if right else '✗'}", (name, cell, answer)
+# The verdicts are of the responses sample() gives again (greedy decoding is deterministic).
+again = sample(last, questions, temperature=0.0)
+assert [x.extracted for x in score(again, golds, config=reward_config(config_a))] == [
+    x.extracted for x in verdicts[f"A step {last.step}"]
+]
 """
 
 

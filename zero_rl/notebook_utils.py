@@ -1,14 +1,14 @@
 """Notebook helpers: open a finished run, restore its policy from a checkpoint, sample from it,
 and plot or compare runs.
 
-Everything here reads what `zero_rl.train.loop.train(config, workdir)` writes: `config.json`,
-TensorBoard events in `tb/`, orbax checkpoints in `checkpoints/<step>/` and the SFT stage in
-`sft/`. The notebooks in `notebooks/` are built on it.
+Everything here reads what `zero_rl.train.loop.train(config, workdir)` writes: `config.json`
+(read by `load_run_config`, as launch/eval.py reads it), TensorBoard events in `tb/`, orbax
+checkpoints in `checkpoints/<step>/` and the SFT stage in `sft/`. The notebooks in
+`notebooks/` are built on it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -21,10 +21,13 @@ from flax import nnx
 from zero_rl import sampler, sharding
 from zero_rl.data import apply_template, default_template
 from zero_rl.data.templates import stop_token_ids
-from zero_rl.eval.policy import restore_params
+from zero_rl.eval.policy import (  # noqa: F401 - load_run_config is part of this module's API
+    load_run_config,
+    restore_params,
+    run_model_config,
+    tokenizer_path,
+)
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
-from zero_rl.train import config as config_lib
-from zero_rl.train.loop import TINY_TOKENIZER
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -38,30 +41,6 @@ def config_path(name: str) -> str:
         available = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
         raise FileNotFoundError(f"no config {name!r} in {CONFIGS_DIR}; available: {available}")
     return path
-
-
-def _overlay(node: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> None:
-    for key, value in saved.items():
-        if isinstance(node.get(key), ml_collections.ConfigDict) and isinstance(value, dict):
-            _overlay(node[key], value)
-        else:
-            node[key] = value
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was started with, read back from its `config.json`.
-
-    The saved values go over today's defaults (`base_config()`), so a key added to the schema
-    since the run has its default, and the config can be changed and trained again.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir!r} is not a run directory: it has no config.json")
-    with open(path) as f:
-        saved = json.load(f)
-    config = config_lib.base_config()
-    _overlay(config, saved)
-    return config
 
 
 def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
@@ -102,9 +81,9 @@ def restore_policy(
     `mesh`, which defaults to FSDP over the local devices whatever mesh the run trained on.
     """
     config = load_run_config(workdir)
-    tokenizer = load_tokenizer(config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER)
+    tokenizer = load_tokenizer(tokenizer_path(config))
     template = config.data.template or default_template(config.model.preset or "tiny")
-    model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
+    model_cfg = run_model_config(config, tokenizer)
     step, graphdef, params = restore_params(
         workdir, model_cfg, step=step, mesh=sharding.make_mesh() if mesh is None else mesh
     )
