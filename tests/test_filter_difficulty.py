@@ -66,7 +66,8 @@ def data_file(tmp_path_factory):
 
 
 def _sampling(**changes):
-    kwargs = dict(template="plain", k=K, max_new_tokens=8, max_prompt_len=16, batch_size=4,
+    # Batches of 5, 5 and 2 prompts: the last repeats a prompt to keep its shape.
+    kwargs = dict(template="plain", k=K, max_new_tokens=8, max_prompt_len=16, batch_size=5,
                   temperature=1.0, seed=3, reward=REWARD)  # fmt: skip
     return Sampling(**(kwargs | changes))
 
@@ -111,18 +112,18 @@ def test_pass_rates_match_a_recount_and_the_kept_set_is_the_band(
     again = read_examples(tmp_path / "kept.jsonl").examples
     assert [(ex.prompt, ex.answer) for ex in again] == [(r["problem"], r["answer"]) for r in kept]
 
-    # The responses are the sampler's: batch 0 again, with the same key and layout.
+    # The responses are the sampler's: batch 0 again, with the same key and shape.
     prompts = tokenizer.batch_encode(
-        [ex.prompt for ex in source.examples[:4]], add_bos=tokenizer.add_bos_default
+        [ex.prompt for ex in source.examples[:5]], add_bos=tokenizer.add_bos_default
     )
     out = sampler.generate(
         policy, prompts, max_new_tokens=8, rng=jax.random.fold_in(jax.random.key(3), 0),
         temperature=1.0, stop_token_ids=tokenizer.stop_token_ids, pad_id=tokenizer.pad_id,
-        num_samples=K, prompt_buckets=(16,), batch_multiple=4,
+        num_samples=K, prompt_buckets=(16,),
     )  # fmt: skip
     texts = [tokenizer.decode(t[:n].tolist()) for t, n in
              zip(np.asarray(out.tokens_bn), np.asarray(out.lengths_b))]  # fmt: skip
-    assert texts == [text for line in lines[:4] for text in line["responses"]]
+    assert texts == [text for line in lines[:5] for text in line["responses"]]
 
 
 def test_resume_refilter_and_overwrite(policy, tokenizer, pool, data_file, tmp_path):
@@ -132,13 +133,13 @@ def test_resume_refilter_and_overwrite(policy, tokenizer, pool, data_file, tmp_p
     complete = (tmp_path / "rates.jsonl").read_text()
     assert [set(r) for r in _read_jsonl(tmp_path / "rates.jsonl")] == [set(PASS_RATE_FIELDS)] * 12
 
-    # Cut after two batches of 4, with a torn line: the rerun samples the last batch only, and
+    # Cut after two batches of 5, with a torn line: the rerun samples the last batch only, and
     # draws what the uninterrupted run did.
     lines = complete.splitlines(keepends=True)
-    (tmp_path / "rates.jsonl").write_text("".join(lines[:8]) + lines[8][:10])
+    (tmp_path / "rates.jsonl").write_text("".join(lines[:10]) + lines[10][:10])
     (tmp_path / "kept.jsonl").unlink()
     resumed = _filter(policy, tokenizer, pool, source, tmp_path)
-    assert resumed.num_sampled == 4 and (tmp_path / "rates.jsonl").read_text() == complete
+    assert resumed.num_sampled == 2 and (tmp_path / "rates.jsonl").read_text() == complete
     assert resumed.histogram == first.histogram
 
     # Another band to another output: nothing sampled again.

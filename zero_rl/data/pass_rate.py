@@ -217,14 +217,19 @@ def sample_pass_rates(
     key = jax.random.key(s.seed)
 
     def generate(start: int) -> tuple[np.ndarray, np.ndarray]:
+        chunk = prompts[start : start + s.batch_size]
+        # A short last batch repeats its last prompt: one shape, and no slicing of arrays
+        # sharded over other hosts; the extra rows are dropped here, on the host.
+        padded = chunk + [chunk[-1]] * (s.batch_size - len(chunk))
         out = sampler.generate(
-            policy, prompts[start : start + s.batch_size], max_new_tokens=s.max_new_tokens,
+            policy, padded, max_new_tokens=s.max_new_tokens,
             rng=jax.random.fold_in(key, todo[start][0]), temperature=s.temperature,
             top_p=s.top_p, top_k=s.top_k, stop_token_ids=stop_ids, pad_id=tokenizer.pad_id,
-            num_samples=s.k, prompt_buckets=buckets, batch_multiple=s.batch_size,
-            input_sharding=input_sharding, decode_segments=s.decode_segments,
+            num_samples=s.k, prompt_buckets=buckets, input_sharding=input_sharding,
+            decode_segments=s.decode_segments,
         )  # fmt: skip
-        return _to_host(out.tokens_bn), _to_host(out.lengths_b)
+        rows = len(chunk) * s.k
+        return _to_host(out.tokens_bn)[:rows], _to_host(out.lengths_b)[:rows]
 
     def grade(batch: list[Example], tokens_bn: np.ndarray, lengths_b: np.ndarray):
         texts = []
