@@ -371,7 +371,7 @@ def test_reward_stats_use_raw_rewards_of_real_groups_in_every_path(estimator, kl
             {"loss": LossConfig(kl_coef=1e-3), "kl_in_reward_coef": 0.1},
             r"rl.kl_in_reward_coef=0.1 and rl.loss.kl_coef=0.001 would both penalise",
         ),
-        ({"loss": LossConfig(), "estimator": "ppo"}, "unknown rl.estimator 'ppo'"),
+        ({"loss": LossConfig(), "estimator": "ppo"}, "unknown rl.estimator 'ppo'; valid: 'grpo', "),
         ({"loss": LossConfig(), "gamma": 0.99}, r"rl.gamma=0.99 has no effect with rl.estimator"),
         ({"loss": LossConfig(), "gamma": 0.0}, r"rl.gamma must be in \(0, 1\]"),
         ({"loss": LossConfig(), "lam": 0.95}, "rl.lam=0.95 has no effect"),

@@ -33,7 +33,7 @@ from zero_rl.rl import (
     reward_stats,
     value_loss,
 )
-from zero_rl.rl.masking import masked_mean
+from zero_rl.rl.masking import check_choice, masked_mean
 from zero_rl.sharding import constrain
 
 
@@ -89,9 +89,7 @@ class UpdateOptions:
     logprob_chunk: int = 512
 
     def __post_init__(self):
-        valid = (*ESTIMATORS, "gae")
-        if self.estimator not in valid:
-            raise ValueError(f"unknown rl.estimator {self.estimator!r}; valid: {valid}")
+        check_choice("rl.estimator", self.estimator, (*ESTIMATORS, "gae"))
         if self.kl_in_reward_coef < 0:
             raise ValueError(f"rl.kl_in_reward_coef must be >= 0; got {self.kl_in_reward_coef}")
         if self.kl_in_reward_coef and self.loss.kl_coef:
