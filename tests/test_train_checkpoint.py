@@ -1,4 +1,5 @@
-"""Checkpointer: keep last N plus best, fall back past an unreadable latest checkpoint."""
+"""Checkpointer: keep last N plus best, fall back past an unreadable latest checkpoint (moved
+aside, never deleted), URLs kept verbatim, decisions shared by all processes."""
 
 import logging
 import os
@@ -7,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import multihost_utils
 
-from zero_rl.train.checkpoint import Checkpointer, abstract_like
+from zero_rl.train import checkpoint
+from zero_rl.train.checkpoint import Checkpointer, abstract_like, any_process, checkpoint_path
 
 
 def _state(value):
@@ -37,27 +40,132 @@ def test_keeps_last_n_plus_best_by_eval(tmp_path):
     ckpt.close()
 
 
-def test_unreadable_latest_falls_back_to_previous(tmp_path, caplog):
-    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=False)
-    for step in (1, 2):
-        ckpt.save(step, _state(step), {"step": step})
-    ckpt.wait()
-    # Corrupt every data file of the newest checkpoint (as a failing disk would).
-    corrupted = 0
-    for root, _, files in os.walk(tmp_path / "2" / "state"):
+def _corrupt(step_dir) -> dict[str, bytes]:
+    """Overwrites every data file of a checkpoint (as a failing disk would); returns the new
+    contents by path relative to the step directory."""
+    written = {}
+    for root, _, files in os.walk(step_dir / "state"):
         for name in files:
             path = os.path.join(root, name)
             with open(path, "wb") as f:
                 f.write(b"\x00garbage")
-            corrupted += 1
-    assert corrupted
+            written[os.path.relpath(path, step_dir)] = b"\x00garbage"
+    assert written
+    return written
+
+
+def _moved(tmp_path) -> list[str]:
+    corrupt = tmp_path / "corrupt"
+    return sorted(os.listdir(corrupt)) if corrupt.is_dir() else []
+
+
+def test_unreadable_latest_falls_back_and_is_moved_aside(tmp_path, caplog):
+    ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 3]
+    written = _corrupt(tmp_path / "3")
     with caplog.at_level(logging.WARNING):
         step, state, _ = ckpt.restore_latest(abstract_like(_state(0)))
-    assert step == 1
-    np.testing.assert_array_equal(state["b"], [1, 2, 3])
-    assert "step 2" in caplog.text and "unreadable" in caplog.text
-    assert 2 in ckpt.all_steps()  # nothing is deleted by a failed restore
+    assert step == 2
+    np.testing.assert_array_equal(state["b"], [2, 3, 4])
+    assert "step 3" in caplog.text and "unreadable" in caplog.text and "moved" in caplog.text
+    # Nothing is deleted: the unreadable step lies, byte for byte, under corrupt/.
+    (moved,) = _moved(tmp_path)
+    assert moved.startswith("3-")
+    for rel, data in written.items():
+        assert (tmp_path / "corrupt" / moved / rel).read_bytes() == data
+    assert ckpt.all_steps() == [2]
+    # The retrained step saves again, and keep-last-N counts good checkpoints only.
+    assert ckpt.save(3, _state(30), {"step": 3}) is True
+    ckpt.save(4, _state(4), {"step": 4})
+    ckpt.wait()
+    assert ckpt.all_steps() == [3, 4]
+    state, _ = ckpt.restore(3, abstract_like(_state(0)))
+    np.testing.assert_array_equal(state["w"], np.full((4, 3), 30.0))
     ckpt.close()
+    reopened = Checkpointer(str(tmp_path), keep=2, async_save=False)  # orbax ignores corrupt/
+    assert reopened.all_steps() == [3, 4] and _moved(tmp_path) == [moved]
+    reopened.close()
+
+
+def test_same_step_corrupted_twice_keeps_both_copies(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    ckpt.save(1, _state(1), {"step": 1})
+    for value in (2, 20):
+        ckpt.save(2, _state(value), {"step": 2})
+        ckpt.wait()
+        _corrupt(tmp_path / "2")
+        assert ckpt.restore_latest(abstract_like(_state(0)))[0] == 1
+    assert [m.split("-")[0] for m in _moved(tmp_path)] == ["2", "2"]
+    ckpt.close()
+
+
+def test_nothing_readable_moves_nothing(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.wait()
+    _corrupt(tmp_path / "1")
+    _corrupt(tmp_path / "2")
+    assert ckpt.restore_latest(abstract_like(_state(0))) is None
+    assert ckpt.all_steps() == [1, 2] and _moved(tmp_path) == []
+    ckpt.close()
+
+
+def test_a_step_another_process_cannot_read_is_skipped_by_all(tmp_path, monkeypatch):
+    """Step 2 reads here but not on another process: every process resumes from step 1."""
+    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.wait()
+    votes = iter([True, False])  # the other process's "failed" for steps 2, then 1
+    monkeypatch.setattr(checkpoint, "any_process", lambda failed: failed or next(votes))
+    step, state, _ = ckpt.restore_latest(abstract_like(_state(0)))
+    assert step == 1 and [m.split("-")[0] for m in _moved(tmp_path)] == ["2"]
+    np.testing.assert_array_equal(state["b"], [1, 2, 3])
+    ckpt.close()
+
+
+@pytest.mark.parametrize(
+    "local,others,expected",
+    [(False, [0, 0], False), (True, [0, 0], True), (False, [0, 1], True), (True, [1, 1], True)],
+)
+def test_any_process_agrees_on_the_gathered_flags(monkeypatch, local, others, expected):
+    monkeypatch.setattr(jax, "process_count", lambda: 1 + len(others))
+    sent = []
+
+    def allgather(x):  # as process_allgather: this process's value next to the others'
+        sent.append(x)
+        return np.asarray([int(x), *others])
+
+    assert any_process(local, allgather) is expected
+    assert sent[0].dtype == np.int32 and sent[0].shape == () and int(sent[0]) == local
+
+
+def test_any_process_on_one_process_does_not_communicate(monkeypatch):
+    def fail(_):
+        raise AssertionError("no all-gather on one process")
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", fail)
+    assert any_process(True) is True and any_process(False) is False
+
+
+def test_bucket_urls_go_to_orbax_verbatim(tmp_path, monkeypatch):
+    url = "gs://my-bucket/runs/a//checkpoints"
+    assert checkpoint_path(url) == url
+    assert checkpoint_path("s3://b/x") == "s3://b/x"
+    assert checkpoint_path("rel/dir") == os.path.join(os.getcwd(), "rel", "dir")
+    assert checkpoint_path("gs:/not-a-url") == os.path.join(os.getcwd(), "gs:", "not-a-url")
+    seen = []
+
+    class Manager:  # records what orbax would get, touching no network
+        def __init__(self, directory, **kwargs):
+            seen.append(directory)
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", Manager)
+    assert Checkpointer(url).directory == url and seen == [url]
 
 
 def test_restores_onto_a_sharding(tmp_path):
