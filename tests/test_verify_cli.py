@@ -35,15 +35,17 @@ def _run(args, stdin=""):
     )
 
 
-def test_stdin_to_stdout_in_order():
+def test_stdin_to_stdout_in_order(monkeypatch, capsys):
     stdin = (
         "\n".join(json.dumps(line) for line in LINES[:2])
         + "\n\n"
         + "\n".join(json.dumps(line) for line in LINES[2:])
     )
-    result = _run(["--timeout-s", "1", "--dataset", "gsm8k"], stdin)
-    assert result.returncode == 0, result.stderr
-    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    # In-process (the subprocess tests below cover `python -m zero_rl.verify` itself).
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert main(["--timeout-s", "1", "--dataset", "gsm8k", "--num-workers", "1"]) == 0
+    result = capsys.readouterr()
+    verdicts = [json.loads(line) for line in result.out.splitlines()]
     assert verdicts == [
         {"correct": True, "extracted": "18", "reward": 1.0, "timed_out": False},
         {"correct": True, "extracted": "70,000", "reward": 1.0, "timed_out": False},
@@ -51,7 +53,7 @@ def test_stdin_to_stdout_in_order():
         {"correct": False, "extracted": "9^{9^{9^{9}}}", "reward": 0.0, "timed_out": True},
         {"correct": False, "extracted": "7", "reward": 0.0, "timed_out": False},
     ]
-    summary = result.stderr
+    summary = result.err
     assert "graded 5 responses" in summary and "accuracy 0.4000 (2/5)" in summary
     assert "timeouts 1" in summary and "responses/s" in summary
 

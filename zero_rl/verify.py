@@ -5,8 +5,10 @@
 
 Reads JSONL lines `{"response": str, "answer": str | number | list}` (answers in any dataset
 format `normalize_gold` accepts) and writes one line per input line, in order:
-`{"correct": bool, "extracted": str | null, "reward": float, "timed_out": bool}`. A summary
-(count, accuracy, timeouts, throughput) goes to stderr. Blank lines are skipped; a malformed
+`{"correct": bool, "extracted": str | null, "reward": float, "timed_out": bool}`, where
+`timed_out` means over the verification budget (out of time or memory, or a marked answer
+longer than the cap), hence incorrect. A summary (count, accuracy, timeouts, throughput) goes
+to stderr. Blank lines are skipped; a malformed
 line stops the run with an error naming its line number, before anything is graded.
 """
 

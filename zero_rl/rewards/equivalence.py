@@ -292,8 +292,9 @@ def symbolic_equivalence(pred: str, gold: str) -> bool:
 def is_equivalent(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> bool:
     """Whether `pred` (an extracted final answer) is equivalent to `gold`, in-process.
 
-    Cheap exact and numeric checks first, then math-verify/sympy. No timeout: untrusted input
-    should go through `VerifierPool.check`, which wraps this function.
+    `gold` is a normalised gold answer (`normalize_gold`; `score` applies it to raw dataset
+    answers). Cheap exact and numeric checks first, then math-verify/sympy. No timeout:
+    untrusted input should go through `VerifierPool.check`, which wraps this function.
     """
     verdict = fast_equivalence(pred, gold, rel_tol=rel_tol)
     if verdict is not None:
