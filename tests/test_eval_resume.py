@@ -5,9 +5,13 @@ are never mixed in."""
 import json
 import re
 
+import jax
+import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from zero_rl import sharding
 from zero_rl.data import load_benchmark
 from zero_rl.eval import OutputDirError, harness, params_fingerprint, run_benchmarks
 from zero_rl.models import ModelConfig, create_model
@@ -172,3 +176,33 @@ def test_a_generations_file_of_unknown_origin_is_refused(policy, tokenizer, pool
     (tmp_path / "amc23" / "generations.jsonl").write_text('{"id": "x", "sample": 0}\n')
     with pytest.raises(OutputDirError, match="without settings.json"):
         _run(policy, tokenizer, pool, tmp_path, benchmarks=["amc23"], limit=1)
+
+
+def test_params_fingerprint_sees_every_element_and_no_sharding():
+    rng = np.random.default_rng(0)
+    params = nnx.State({"a": {"w": rng.normal(size=(8, 6)).astype(np.float32)},
+                        "b": rng.normal(size=(16,)).astype(np.float32)})  # fmt: skip
+    params = jax.tree.map(jax.numpy.asarray, params)
+    base = params_fingerprint(params)
+    assert len(base) == 16 and base == params_fingerprint(jax.tree.map(lambda x: x + 0, params))
+    # The same values sharded over 8 devices: the same fingerprint.
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    spread = jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec(("data", "fsdp")))), params
+    )
+    assert not spread["b"].sharding.is_fully_replicated
+    assert params_fingerprint(spread) == base
+    # One element one ulp away, two elements swapped, another dtype, another name: all differ.
+    w = np.asarray(params["a"]["w"])
+    nudged = w.copy()
+    nudged[5, 3] = np.nextafter(nudged[5, 3], np.float32(np.inf))
+    swapped = w.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    variants = [
+        nnx.State({"a": {"w": jax.numpy.asarray(nudged)}, "b": params["b"]}),
+        nnx.State({"a": {"w": jax.numpy.asarray(swapped)}, "b": params["b"]}),
+        nnx.State({"a": {"w": params["a"]["w"].astype("bfloat16")}, "b": params["b"]}),
+        nnx.State({"a": {"v": params["a"]["w"]}, "b": params["b"]}),
+    ]
+    prints = {params_fingerprint(v) for v in variants}
+    assert len(prints) == 4 and base not in prints

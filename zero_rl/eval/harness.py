@@ -184,9 +184,10 @@ def _evaluate_set(
 
         multihost_utils.sync_global_devices(f"zero_rl.eval.load.{eval_set.name}")
     examples = eval_set.examples
-    starts = range(0, len(examples), run.batch_size)
-    missing = {s: [i for i in range(s, min(s + run.batch_size, len(examples)))
-                   if examples[i].id not in done] for s in starts}  # fmt: skip
+    missing = {}  # batch start -> positions of its problems not on disk
+    for start in range(0, len(examples), run.batch_size):
+        end = min(start + run.batch_size, len(examples))
+        missing[start] = [i for i in range(start, end) if examples[i].id not in done]
     total = len(examples) * run.num_samples
     bar = tqdm(
         total=total,

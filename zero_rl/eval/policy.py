@@ -287,13 +287,17 @@ def load_policy(
     return Policy(graphdef, params, tokenizer, step, source, params_fingerprint(params))
 
 
-# Odd multipliers (Knuth's and two other 32-bit golden-ratio-like constants): multiplication by
-# an odd number is invertible mod 2**32, so changing any one element always changes its sum.
+# Knuth's multiplicative-hash constant and two of xxHash32's primes, all odd: multiplying by an
+# odd number is invertible mod 2**32, so changing any one element always changes the sums.
 _MULTIPLIERS = (2654435761, 2246822519, 3266489917)
 
 
 def _leaf_sums(x: jax.Array) -> jax.Array:
     """Two position-weighted sums mod 2**32 of the bits of `x`: [2] uint32."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
     if x.dtype.itemsize not in (1, 2, 4):
         raise ValueError(f"params_fingerprint: unsupported dtype {x.dtype}")
     bits = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[
@@ -306,7 +310,7 @@ def _leaf_sums(x: jax.Array) -> jax.Array:
         stride = (stride * x.shape[axis]) % (1 << 32)
     a, b, c = (jnp.uint32(m) for m in _MULTIPLIERS)
     weight = index * a | jnp.uint32(1)  # odd, and different per position
-    mixed = (bits ^ (bits >> 15)) * c  # so that a bit and its neighbour do not cancel out
+    mixed = (bits ^ (bits >> 15)) * c  # a second, differently mixed sum: 64 bits per leaf
     return jnp.stack([jnp.sum(bits * weight), jnp.sum((mixed + index * b) * weight)])
 
 
