@@ -37,7 +37,7 @@ from zero_rl.models.config import RUNTIME_FIELDS
 from zero_rl.rewards import VerifierPool
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
-from zero_rl.train.checkpoint import Checkpointer
+from zero_rl.train.checkpoint import Checkpointer, any_process
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import (
     CompileCounter,
@@ -148,6 +148,12 @@ class _Preemption:
     def _handler(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and exiting after this step")
         self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process got SIGTERM. Asked by every process at every step end, it gives
+        all of them the same answer there: hosts notified at different steps would otherwise
+        diverge, one entering the save (a collective) and stopping while the others go on."""
+        return any_process(self.requested)
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -346,6 +352,13 @@ def _restore_or_start(run: _Run, ckpt: Checkpointer, iterator: PromptIterator):
             "see the warnings above. Move them aside to start a new run in this workdir."
         )
     step, state, meta = restored
+    # Older checkpoints carry no seed; the data iterator still checks its own.
+    if meta.get("seed", run.config.seed) != run.config.seed:
+        raise ValueError(
+            f"checkpoint at step {step} in {ckpt.directory} was trained with seed={meta['seed']} "
+            f"but this run has seed={run.config.seed}: the per-step randomness fold_in(seed, "
+            "step) would not continue. Use the checkpoint's seed or a new --workdir"
+        )
     iterator.load_state_dict(meta["data"])
     log.info("resumed from step %d", step)
     return step, state["params"], state["opt_state"], ref_params, meta
@@ -477,12 +490,13 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
                     if is_main:
                         print(progress_line(done, config.total_steps, metrics), flush=True)
                 periodic = config.checkpoint_every and done % config.checkpoint_every == 0
-                if periodic or last or preemption.requested:
-                    meta = {"step": done, "data": iterator.state_dict(),
+                stop = preemption.agreed()  # the same on every process
+                if periodic or last or stop:
+                    meta = {"step": done, "seed": config.seed, "data": iterator.state_dict(),
                             "metrics": {k: float(v) for k, v in metrics.items()}}  # fmt: skip
                     best = {k: v for k, v in metrics.items() if k == "eval/accuracy"} or None
                     ckpt.save(done, {"params": params, "opt_state": opt_state}, meta, metrics=best)
-                if preemption.requested:
+                if stop:
                     ckpt.wait()
                     log.warning("saved step %d after SIGTERM; exiting", done)
                     break
