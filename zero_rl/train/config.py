@@ -396,8 +396,8 @@ _RERUN_SAFE = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
     "num_sample_texts", "progress_bars", "hardware", "eval.", "mesh.", "sharding.",
     "reward.num_workers", "sampling.prompts_per_call", "sampling.decode_segments",
-    "sampling.eval_max_new_tokens", "model.remat", "model.attention", "rl.microbatch_size",
-    "rl.logprob_chunk", "sft.log_every", "sft.checkpoint_every",
+    "sampling.eval_max_new_tokens", "model.remat", "model.attention", "model.attention_chunk",
+    "rl.microbatch_size", "rl.logprob_chunk", "sft.log_every", "sft.checkpoint_every",
 )  # fmt: skip
 
 

@@ -435,9 +435,10 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str, is_main: bool)
         if not harmless:
             return
         log.warning("config changes since the last run in %s: %s", workdir, "; ".join(harmless))
-    if is_main:
-        with open(path, "w") as f:
+    if is_main:  # written whole, then renamed: other processes never read half a file
+        with open(path + ".tmp", "w") as f:
             json.dump(current, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
