@@ -3,6 +3,10 @@ aside, never deleted), URLs kept verbatim, decisions shared by all processes."""
 
 import logging
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -142,6 +146,39 @@ def test_any_process_agrees_on_the_gathered_flags(monkeypatch, local, others, ex
 
     assert any_process(local, allgather) is expected
     assert sent[0].dtype == np.int32 and sent[0].shape == () and int(sent[0]) == local
+
+
+# Two JAX processes on localhost (gloo collectives on CPU): process 1 alone got the signal.
+_TWO_PROCESSES = textwrap.dedent("""
+    import sys
+    import jax
+    port, pid = sys.argv[1], int(sys.argv[2])
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    from zero_rl.train.checkpoint import any_process
+    print("agreed", [any_process(pid == 1), any_process(False), any_process(True)], flush=True)
+""")
+
+
+def test_any_process_agrees_across_two_real_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(port), str(pid)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for pid in (0, 1)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "agreed [True, False, True]" in out, out[-3000:]
 
 
 def test_any_process_on_one_process_does_not_communicate(monkeypatch):
