@@ -4,7 +4,8 @@ Order of work per draw: the sampler runs; the trainer-side old and reference log
 dispatched (asynchronously) right after it; only then does the host read the response tokens
 and verify them, so verification overlaps with that device work. The response tokens, lengths
 and stop flags are the only device-to-host transfer (`_local`, the one place that allows it:
-a step run under `jax.transfer_guard_device_to_host("disallow_explicit")` fails on any other).
+on an accelerator, a step under `jax.transfer_guard_device_to_host("disallow_explicit")` fails
+on any other).
 """
 
 from __future__ import annotations
