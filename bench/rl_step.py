@@ -41,7 +41,7 @@ from zero_rl.models import abstract_params, create_model  # noqa: E402
 from zero_rl.rewards import VerifierPool, score  # noqa: E402
 from zero_rl.tokenizer import load_tokenizer  # noqa: E402
 from zero_rl.train import config as config_lib  # noqa: E402
-from zero_rl.train.loop import TINY_TOKENIZER, load_examples, update_options  # noqa: E402
+from zero_rl.train.config import tokenizer_path  # noqa: E402
 from zero_rl.train.metrics import CompileCounter  # noqa: E402
 from zero_rl.train.optim import make_optimizer, sharded_init  # noqa: E402
 from zero_rl.train.rl_step import (  # noqa: E402
@@ -51,6 +51,7 @@ from zero_rl.train.rl_step import (  # noqa: E402
     update,
 )
 from zero_rl.train.rollout import encode_batch  # noqa: E402
+from zero_rl.train.run import load_examples, update_options  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("sample_s", "verify_s", "logprobs_s", "update_s", "step_s", "device_idle_s")
@@ -89,9 +90,7 @@ class Step:
         self.batch_sharding = jax.sharding.NamedSharding(
             self.mesh, sharding.logical_to_spec(("batch", "length"))
         )
-        self.tokenizer = load_tokenizer(
-            config.tokenizer.path or config.model.hf_path or TINY_TOKENIZER
-        )
+        self.tokenizer = load_tokenizer(tokenizer_path(config))
         self.model_cfg = config_lib.model_config(config, self.tokenizer.vocab_size)
         if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
             raise SystemExit(

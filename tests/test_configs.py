@@ -10,7 +10,7 @@ import pytest
 
 from zero_rl import plan
 from zero_rl.train.config import load_config
-from zero_rl.train.loop import update_options
+from zero_rl.train.run import update_options
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Slice sizes N of "<generation>-<N>" in the common power-of-two shapes, smallest first.

@@ -17,6 +17,7 @@ from zero_rl.models import config_from_hf, from_hf, get_preset, hf_config
 from zero_rl.sharding import make_mesh
 from zero_rl.train import config as config_lib
 from zero_rl.train import loop
+from zero_rl.train import run as run_lib
 from zero_rl.train.config import load_config, set_override, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +99,14 @@ def test_validate_rejects_bad_values(override, match):
         validate(load_config(TINY, [override]))
 
 
+def test_greedy_benchmark_evaluation_takes_one_sample():
+    greedy = ["eval.benchmarks=gsm8k", "eval.temperature=0", "eval.num_samples=4"]
+    with pytest.raises(ValueError, match=r"eval.num_samples=4 with eval.temperature=0"):
+        validate(load_config(TINY, greedy))
+    validate(load_config(TINY, [*greedy[:2], "eval.num_samples=1"]))
+    validate(load_config(TINY, [greedy[0], "eval.temperature=0.6", "eval.num_samples=4"]))
+
+
 @pytest.mark.parametrize(
     "ok", [["eval_every=10", "checkpoint_every=5"], ["eval_every=0", "checkpoint_every=0"]]
 )
@@ -130,12 +139,12 @@ def test_too_long_benchmark_prompts_fail_before_the_sft_stage(tmp_path):
 
 RECIPE = {
     # config: (preset, difficulty, template, response tokens, KL coefficient)
-    "deepseek_math_7b": ("deepseek-math-7b", "medium", "abel", 3072, 1e-4),
+    "deepseek_math_7b": ("deepseek-math-7b", "easy", "abel", 3072, 1e-4),
     "llama3_1_8b": ("llama3.1-8b", "easy", "abel", 8192, 1e-4),
     "mistral7b": ("mistral-7b", "easy", "abel", 8192, 1e-4),
     "mistral_small_24b": ("mistral-small-24b", "hard", "qwen_boxed", 8192, 1e-3),
     "qwen2_5_0_5b": ("qwen2.5-0.5b", "medium", "abel", 8192, 1e-4),
-    "qwen2_5_1_5b": ("qwen2.5-1.5b", "medium", "abel", 8192, 1e-4),
+    "qwen2_5_1_5b": ("qwen2.5-1.5b", "hard", "abel", 8192, 1e-4),
     "qwen2_5_7b": ("qwen2.5-7b", "hard", "qwen_boxed", 8192, 1e-4),
     "qwen2_5_7b_one_host": ("qwen2.5-7b", "hard", "qwen_boxed", 8192, 1e-4),
     "qwen2_5_14b": ("qwen2.5-14b", "hard", "qwen_boxed", 8192, 1e-4),
@@ -155,7 +164,7 @@ def test_real_config_carries_the_simplerl_zoo_recipe(name):
     preset, difficulty, template, response_len, kl_coef = RECIPE[name]
     assert c.model.preset == preset
     assert c.data.difficulty == difficulty
-    assert loop._default_template(c.model, None) == template and c.data.template == ""
+    assert run_lib.default_model_template(c.model, None) == template and c.data.template == ""
     assert (c.rl.estimator, c.rl.num_prompts, c.rl.num_samples) == ("grpo", 1024, 8)
     assert c.rl.minibatch_size == 256 * c.rl.num_samples  # 256 prompts' groups per update
     assert c.rl.epochs == 1
@@ -196,7 +205,7 @@ def _write_jsonl(path, records):
 def test_every_config_reads_a_math_format_file(tmp_path, path):
     data = _write_jsonl(tmp_path / "math_train.jsonl", MATH_RECORDS)
     config = load_config(path, [f"data.train={data}", f"data.eval={data}"])
-    train, held_out = loop.load_examples(config)
+    train, held_out = run_lib.load_examples(config)
     math = [ex for ex in train if ex.source == "math_train"]
     assert [ex.level for ex in math] == LEVELS[config.data.difficulty]
     by_level = {ex.level: ex.answer for ex in math}
@@ -215,9 +224,9 @@ def test_answer_field_files_and_bad_records(tmp_path, caplog):
             "data.question_field=question", "data.id_field=uid",
             "data.gold_format=gsm8k"]  # fmt: skip
     with pytest.raises(RecordError, match=r"data.train: .*qa.jsonl:line 2: no answer.*on_error"):
-        loop.load_examples(load_config(TINY, base))
+        run_lib.load_examples(load_config(TINY, base))
     with caplog.at_level(logging.WARNING):
-        train, _ = loop.load_examples(load_config(TINY, base + ["data.on_error=skip"]))
+        train, _ = run_lib.load_examples(load_config(TINY, base + ["data.on_error=skip"]))
     assert [(ex.id, ex.answer) for ex in train] == [("qa/a", "2"), ("qa/c", "6")]
     assert "data.train: skipped 1 bad records" in caplog.text
 
@@ -225,18 +234,18 @@ def test_answer_field_files_and_bad_records(tmp_path, caplog):
 def test_a_solution_less_file_hints_at_answer_from_solution(tmp_path):
     data = _write_jsonl(tmp_path / "qa.jsonl", [{"problem": "1+1?", "answer": "2"}])
     with pytest.raises(RecordError, match="no solution.*data.answer_from_solution=False"):
-        loop.load_examples(load_config(TINY, [f"data.train={data}", f"data.eval={data}"]))
+        run_lib.load_examples(load_config(TINY, [f"data.train={data}", f"data.eval={data}"]))
 
 
 @pytest.mark.parametrize("name", ["data/math_train.jsonl", "math_train.parquet", "train.json"])
 def test_a_missing_data_file_is_named(name):
     with pytest.raises(FileNotFoundError, match=f"data.train: no data file at '{name}'"):
-        loop.load_examples(load_config(TINY, [f"data.train={name}"]))
+        run_lib.load_examples(load_config(TINY, [f"data.train={name}"]))
 
 
 def test_an_unknown_benchmark_name_is_not_taken_for_a_file():
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'"):
-        loop.load_examples(load_config(TINY, ["data.train=gsm9k"]))
+        run_lib.load_examples(load_config(TINY, ["data.train=gsm9k"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +266,7 @@ def tiny_hf_dir(tmp_path_factory):
 
 
 def _hf_overrides(path, *extra):
-    return [f"model.hf_path={path}", f"tokenizer.path={loop.TINY_TOKENIZER}", "mesh.data=1",
+    return [f"model.hf_path={path}", f"tokenizer.path={config_lib.TINY_TOKENIZER}", "mesh.data=1",
             "sft.steps=0", "data.template=", "sampling.max_prompt_len=64", *extra]  # fmt: skip
 
 
@@ -267,7 +276,7 @@ def test_the_checkpoint_defines_the_model_and_its_default_template(tiny_hf_dir, 
         config_lib.model_config(load_config(TINY, _hf_overrides(tiny_hf_dir)))
     config = load_config(TINY, _hf_overrides(tiny_hf_dir))
     config.unlock().model.dims = {}
-    run = loop._resolve(config, str(tmp_path))
+    run = run_lib.resolve(config, str(tmp_path))
     with open(tiny_hf_dir / "config.json") as f:
         expected = config_from_hf(json.load(f))
     assert run.model_cfg == expected.replace(dtype="float32", remat="none")
@@ -287,7 +296,9 @@ def test_without_a_name_the_template_comes_from_the_architecture(tiny_hf_dir, tm
     config = load_config(TINY, _hf_overrides(unnamed))
     config.unlock().model.dims = {}
     model_cfg = config_lib.model_config(config)
-    assert loop._default_template(config.model, model_cfg) == "qwen_boxed"  # Qwen2ForCausalLM
+    assert (
+        run_lib.default_model_template(config.model, model_cfg) == "qwen_boxed"
+    )  # Qwen2ForCausalLM
 
 
 def test_a_preset_that_disagrees_with_the_checkpoint_names_every_field(tmp_path):
@@ -349,30 +360,30 @@ def test_rerun_differences_sort_result_changes_from_harmless_ones():
 
 def test_a_rerun_keeps_the_saved_config_and_refuses_another_seed(tmp_path, caplog):
     path = tmp_path / "config.json"
-    loop._save_config(load_config(TINY, ["seed=3"]), str(tmp_path), is_main=True)
+    run_lib.save_config(load_config(TINY, ["seed=3"]), str(tmp_path), is_main=True)
     # Without checkpoints there is no run to resume: a new config replaces the old one.
-    loop._save_config(load_config(TINY), str(tmp_path), is_main=True)
+    run_lib.save_config(load_config(TINY), str(tmp_path), is_main=True)
     first = path.read_text()
     assert json.loads(first)["seed"] == 0
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
-    loop._save_config(load_config(TINY), str(tmp_path), is_main=True)
+    run_lib.save_config(load_config(TINY), str(tmp_path), is_main=True)
     assert path.read_text() == first
     with pytest.raises(ValueError, match=r"seed: 0 -> 1.*Use a new --workdir"):
-        loop._save_config(load_config(TINY, ["seed=1"]), str(tmp_path), is_main=True)
+        run_lib.save_config(load_config(TINY, ["seed=1"]), str(tmp_path), is_main=True)
     assert path.read_text() == first
     with caplog.at_level(logging.WARNING):
-        loop._save_config(load_config(TINY, ["log_every=2"]), str(tmp_path), is_main=True)
+        run_lib.save_config(load_config(TINY, ["log_every=2"]), str(tmp_path), is_main=True)
     assert "log_every: 1 -> 2" in caplog.text
     assert json.loads(path.read_text())["log_every"] == 2
 
 
 def test_update_options_carry_the_rl_keys():
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-    opts = loop.update_options(load_config(TINY, ["mesh.data=1"]), mesh)
+    opts = run_lib.update_options(load_config(TINY, ["mesh.data=1"]), mesh)
     assert (opts.adv_std_ddof, opts.estimator, opts.loss.kl_coef) == (1, "grpo", 1e-4)
     config = load_config(TINY, ["mesh.data=1", "rl.adv_std_ddof=0", "rl.loss.kl_coef=0",
                                 "rl.kl_in_reward_coef=0.01", "rl.epochs=2"])  # fmt: skip
-    opts = loop.update_options(config, mesh)
+    opts = run_lib.update_options(config, mesh)
     assert (opts.adv_std_ddof, opts.kl_in_reward_coef, opts.epochs) == (0, 0.01, 2)
     assert opts.num_minibatches == 32 * 8 // 128
 

@@ -14,8 +14,10 @@ from zero_rl.data import Example
 from zero_rl.rewards import RewardConfig, Verdict
 from zero_rl.sampler import SampleOutput
 from zero_rl.tokenizer import load_tokenizer
+from zero_rl.train import config as config_lib
 from zero_rl.train import evaluate as evaluate_lib
 from zero_rl.train import loop, rollout
+from zero_rl.train import run as run_lib
 from zero_rl.train.checkpoint import Checkpointer
 from zero_rl.train.config import load_config
 from zero_rl.train.rl_step import Rollout
@@ -207,7 +209,7 @@ def test_reflection_words_match_whole_words_only(text, expected):
 
 
 def test_responses_are_cut_after_the_first_stop_string():
-    tokenizer = load_tokenizer(loop.TINY_TOKENIZER)
+    tokenizer = load_tokenizer(config_lib.TINY_TOKENIZER)
     texts = ["1+2=3", "4"]
     ids = [tokenizer.encode(t, add_bos=False) for t in texts]
     tokens = np.zeros((2, 8), np.int32)
@@ -229,7 +231,7 @@ class _TextTokenizer:
 
 
 def test_fit_prompts_names_a_too_long_prompt_or_drops_it():
-    tokenizer = load_tokenizer(loop.TINY_TOKENIZER)
+    tokenizer = load_tokenizer(config_lib.TINY_TOKENIZER)
     examples = [Example("s/0", "1+2=", "3", "s"), Example("s/1", "12345+67890=", "80235", "s")]
     kept = rollout.fit_prompts(examples, tokenizer, template="plain", max_prompt_len=8, name="x",
                                drop=True)  # fmt: skip
@@ -259,7 +261,7 @@ def policies(tmp_path_factory):
         if kl_coef not in cache:
             workdir = tmp_path_factory.mktemp("policy")
             config = load_config(TINY, SMALL + [f"rl.loss.kl_coef={kl_coef}"])
-            run = loop._resolve(config, str(workdir))
+            run = run_lib.resolve(config, str(workdir))
             ckpt = Checkpointer(str(workdir / "ckpt"), async_save=False)
             iterator = loop.PromptIterator(run.train_examples, config.rl.num_prompts, seed=0)
             _, params, opt_state, ref_params, _ = loop._restore_or_start(run, ckpt, iterator)
@@ -355,7 +357,7 @@ class _RowTextTokenizer:
     """The tiny tokenizer, except that a response's first token picks its text from `texts`."""
 
     def __init__(self, texts):
-        self._tokenizer = load_tokenizer(loop.TINY_TOKENIZER)
+        self._tokenizer = load_tokenizer(config_lib.TINY_TOKENIZER)
         self.texts = texts
 
     def __getattr__(self, name):
@@ -414,8 +416,8 @@ def test_evaluation_shows_a_progress_bar_only_when_asked(monkeypatch, progress):
 
 def test_progress_bars_need_the_config_flag_and_a_terminal(monkeypatch):
     config = load_config(TINY)
-    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: True)
-    assert loop._show_progress(config)
-    assert not loop._show_progress(load_config(TINY, ["progress_bars=false"]))
-    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: False)
-    assert not loop._show_progress(config)
+    monkeypatch.setattr(run_lib.sys.stderr, "isatty", lambda: True)
+    assert run_lib.show_progress(config)
+    assert not run_lib.show_progress(load_config(TINY, ["progress_bars=false"]))
+    monkeypatch.setattr(run_lib.sys.stderr, "isatty", lambda: False)
+    assert not run_lib.show_progress(config)

@@ -23,9 +23,7 @@ from zero_rl.models import ModelConfig, abstract_params, from_hf, param_sharding
 from zero_rl.models.hf import config_from_hf
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
 from zero_rl.train import config as config_lib
-
-TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_addition.model")
-TINY_VOCAB_SIZE = 48  # of TINY_TOKENIZER
+from zero_rl.train.config import tokenizer_path
 
 
 class Policy(NamedTuple):
@@ -225,29 +223,6 @@ def saved_run_directory(checkpoint: str) -> str | None:
     ):
         return parent
     return None
-
-
-def tokenizer_path(config: ml_collections.ConfigDict, hf_model: str | None = None) -> str:
-    """Where the policy's tokenizer is: `config.tokenizer.path`, else the HF directory
-    (`hf_model`, then `config.model.hf_path`), else - for a custom `model.dims` model without a
-    vocabulary size of its own, as the tiny config is - the tiny addition tokenizer the trainer
-    uses. A preset model without a tokenizer is an error, not a silent tiny vocabulary."""
-    path = config.tokenizer.path or hf_model or config.model.hf_path
-    if path:
-        return path
-    if config.model.preset:
-        raise ValueError(
-            f"no tokenizer for model.preset={config.model.preset!r}: set "
-            "--config.tokenizer.path=... or --config.model.hf_path=... (the HF model the run "
-            "started from); the built-in tiny tokenizer only fits the tiny model"
-        )
-    vocab = config.model.dims.get("vocab_size")
-    if vocab is not None and vocab != TINY_VOCAB_SIZE:
-        raise ValueError(
-            f"no tokenizer for a model.dims model with vocab_size={vocab}: set "
-            f"--config.tokenizer.path=...; the built-in tiny tokenizer has {TINY_VOCAB_SIZE}"
-        )
-    return TINY_TOKENIZER
 
 
 def load_policy(

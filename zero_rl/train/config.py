@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from zero_rl import sharding
-from zero_rl.data.difficulty import MATH_LEVELS
+from zero_rl.data.difficulty import MATH_LEVELS, default_difficulty
 from zero_rl.data.records import FieldMapping
 from zero_rl.models import config_from_hf, config_mismatches, read_config_json
 from zero_rl.models.config import ModelConfig, get_preset
@@ -21,6 +21,9 @@ from zero_rl.rewards import DATASETS, RewardConfig
 from zero_rl.rl import ESTIMATORS, LossConfig
 from zero_rl.rl.masking import check_choice
 from zero_rl.train.optim import SCHEDULES
+
+TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_addition.model")
+TINY_VOCAB_SIZE = 48  # of TINY_TOKENIZER
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -189,17 +192,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# SimpleRL-Zoo's difficulty per base model, as read from the paper (Sec. 2 and its appendix):
-# weak instruction followers start on easier data.
-SIMPLERL_DIFFICULTY = {
-    "mistral-7b": "easy",
-    "llama3.1-8b": "easy",
-    "deepseek-math-7b": "medium",
-    "qwen2.5-0.5b": "medium",
-    "qwen2.5-1.5b": "medium",
-}
-
-
 def simplerl_zoo_config(
     preset: str, *, max_response_len: int = 8192, hardware: str = ""
 ) -> ml_collections.ConfigDict:
@@ -225,7 +217,7 @@ def simplerl_zoo_config(
     c.data.answer_from_solution = True  # MATH train: the solution's last \boxed{}
     c.data.gold_format = "math"
     c.data.eval = "math500"
-    c.data.difficulty = SIMPLERL_DIFFICULTY.get(preset, "hard")
+    c.data.difficulty = default_difficulty(preset)  # the set SimpleRL-Zoo trained it on
     c.data.template = ""  # the family default (zero_rl.data.default_template)
     c.sampling.max_prompt_len = 1024
     c.sampling.max_new_tokens = max_response_len
@@ -378,6 +370,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("eval_every", "checkpoint_every", "data.eval_size", "eval.limit"):
         if _get(config, key) < 0:
             raise ValueError(f"config.{key}={_get(config, key)} must be >= 0")
+    if config.eval.benchmarks and config.eval.temperature == 0 and config.eval.num_samples > 1:
+        raise ValueError(
+            f"eval.num_samples={config.eval.num_samples} with eval.temperature=0: greedy samples "
+            "are all the same response; set eval.temperature > 0 or eval.num_samples=1"
+        )
     # The best-by-eval checkpoint is chosen among saved steps: an eval at a step that is not
     # saved would be lost (and the kept "best" would not be the best evaluated policy).
     if config.eval_every and (
@@ -491,3 +488,26 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
 
 def reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
     return RewardConfig(**config.reward.to_dict())
+
+
+def tokenizer_path(config: ml_collections.ConfigDict, hf_model: str | None = None) -> str:
+    """Where the policy's tokenizer is: `config.tokenizer.path`, else the HF directory
+    (`hf_model`, then `config.model.hf_path`), else - for a custom `model.dims` model without a
+    vocabulary size of its own, as the tiny config is - the tiny addition tokenizer the trainer
+    uses. A preset model without a tokenizer is an error, not a silent tiny vocabulary."""
+    path = config.tokenizer.path or hf_model or config.model.hf_path
+    if path:
+        return path
+    if config.model.preset:
+        raise ValueError(
+            f"no tokenizer for model.preset={config.model.preset!r}: set "
+            "--config.tokenizer.path=... or --config.model.hf_path=... (the HF model the run "
+            "started from); the built-in tiny tokenizer only fits the tiny model"
+        )
+    vocab = config.model.dims.get("vocab_size")
+    if vocab is not None and vocab != TINY_VOCAB_SIZE:
+        raise ValueError(
+            f"no tokenizer for a model.dims model with vocab_size={vocab}: set "
+            f"--config.tokenizer.path=...; the built-in tiny tokenizer has {TINY_VOCAB_SIZE}"
+        )
+    return TINY_TOKENIZER

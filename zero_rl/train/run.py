@@ -1,0 +1,249 @@
+"""What a training run is once its config is resolved: data, tokenizer, template, the
+update's static options and the model's structure, checked before anything is loaded.
+
+`resolve(config, workdir)` gives the `Run` the loop in `zero_rl.train.loop` drives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+import jax
+import ml_collections
+
+from zero_rl import sharding
+from zero_rl.data import (
+    RecordError,
+    default_template,
+    load_benchmark,
+    read_examples,
+    select_difficulty,
+)
+from zero_rl.data.synthetic import AdditionTask
+from zero_rl.data.templates import stop_token_ids
+from zero_rl.models import abstract_params
+from zero_rl.tokenizer import load_tokenizer
+from zero_rl.train import config as config_lib
+from zero_rl.train.optim import make_optimizer
+from zero_rl.train.rl_step import UpdateOptions
+from zero_rl.train.rollout import SamplingOptions, fit_prompts
+
+log = logging.getLogger(__name__)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def read_data(config: ml_collections.ConfigDict, key: str) -> list:
+    """The examples of `config.data.<key>`: a shipped benchmark name or a data file."""
+    name = config.data[key]
+    if not (os.sep in name or "/" in name or name.lower().endswith(_DATA_SUFFIXES)):
+        return load_benchmark(name)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"data.{key}: no data file at {name!r}")
+    try:
+        result = read_examples(
+            name, config_lib.field_mapping(config), on_error=config.data.on_error
+        )
+    except RecordError as err:
+        hint = (
+            "data.answer_from_solution=False reads data.answer_field instead"
+            if config.data.answer_from_solution
+            else "data.answer_from_solution=True takes the solution's last \\boxed{}"
+        )
+        raise RecordError(
+            f"data.{key}: {err} ({hint}; data.on_error=skip drops bad records)"
+        ) from err
+    if result.num_skipped:
+        log.warning("data.%s: skipped %d bad records of %s (first: %s)", key,
+                    result.num_skipped, name, result.skipped[0])  # fmt: skip
+    return result.examples
+
+
+def load_examples(config: ml_collections.ConfigDict):
+    """(train examples, eval examples) for the config's data block.
+
+    data.train / data.eval name a shipped benchmark, or (a name with a "/" or a .jsonl, .json
+    or .parquet suffix) a data file read with the data.* field mapping.
+    """
+    d = config.data
+    if d.train == "synthetic_addition":
+        task = AdditionTask(eval_size=d.eval_size or 200, seed=config.seed)
+        return task.split("train"), task.split("eval")
+    train = read_data(config, "train")
+    if d.difficulty:
+        train = select_difficulty(train, d.difficulty)
+    held_out = read_data(config, "eval")
+    if d.eval_size:
+        held_out = held_out[: d.eval_size]
+    return train, held_out
+
+
+def show_progress(config: ml_collections.ConfigDict) -> bool:
+    """Progress bars on process 0 of an interactive run only (not in log files or CI)."""
+    return config.progress_bars and jax.process_index() == 0 and sys.stderr.isatty()
+
+
+def benchmark_names(config: ml_collections.ConfigDict) -> list[str]:
+    return [b.strip() for b in config.eval.benchmarks.split(",") if b.strip()]
+
+
+def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> UpdateOptions:
+    """The update's static options; raises unless the batch splits evenly over the mesh."""
+    rl = config.rl
+    rows = rl.num_prompts * rl.num_samples
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    microbatch = rl.microbatch_size or rl.minibatch_size
+    if config.sampling.prompts_per_call < 0:
+        raise ValueError(
+            f"sampling.prompts_per_call={config.sampling.prompts_per_call} must be >= 0"
+        )
+    per_call = config.sampling.prompts_per_call or rl.num_prompts
+    for name, value, divisor in [
+        ("rl.num_prompts", rl.num_prompts, batch_devices),
+        ("rl.num_prompts", rl.num_prompts, per_call),
+        ("sampling.prompts_per_call", per_call, batch_devices),
+        ("rl.num_prompts * rl.num_samples", rows, rl.minibatch_size),
+        ("rl.minibatch_size", rl.minibatch_size, microbatch),
+        ("rl.microbatch_size", microbatch, batch_devices),
+    ]:
+        if value % divisor:
+            raise ValueError(f"{name}={value} must be a multiple of {divisor}")
+    return UpdateOptions(
+        loss=config_lib.loss_config(config),
+        estimator=rl.estimator,
+        adv_eps=rl.adv_eps,
+        adv_std_ddof=rl.adv_std_ddof,
+        kl_in_reward_coef=rl.kl_in_reward_coef,
+        epochs=rl.epochs,
+        num_minibatches=rows // rl.minibatch_size,
+        num_microbatches=rl.minibatch_size // microbatch,
+        logprob_chunk=rl.logprob_chunk,
+        gamma=rl.gamma,
+        lam=rl.lam,
+        vf_coef=rl.vf_coef,
+        vf_clip=rl.vf_clip,
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """What stays fixed for a run once the config is resolved."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    batch_sharding: jax.sharding.NamedSharding
+    tokenizer: object
+    template: str
+    stop_ids: list[int]
+    train_examples: list
+    eval_examples: list
+    model_cfg: object
+    graphdef: object
+    opts: UpdateOptions
+    tx: object
+    schedule: object
+    reward_cfg: object
+    sampling: SamplingOptions
+
+    @property
+    def needs_ref(self) -> bool:
+        return self.opts.loss.kl_coef != 0.0 or self.opts.kl_in_reward_coef != 0.0
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.opts.epochs * self.opts.num_minibatches
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    rules = sharding.rules_from_config(config.sharding)
+    opts = update_options(config, mesh)  # checks the RL options before any loading
+    tokenizer = load_tokenizer(config_lib.tokenizer_path(config))
+    model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
+    template = config.data.template or default_model_template(config.model, model_cfg)
+    log.info("prompt template: %s", template)
+    max_len, drop = config.sampling.max_prompt_len, config.data.on_error == "skip"
+    train_examples, eval_examples = (
+        fit_prompts(examples, tokenizer, template=template, max_prompt_len=max_len, name=name,
+                    drop=drop)
+        for name, examples in zip(("data.train", "data.eval"), load_examples(config))
+    )  # fmt: skip
+    if config.eval.benchmarks:  # names and prompt lengths now, not after the SFT stage
+        from zero_rl.eval.sets import load_eval_sets  # noqa: PLC0415 - as in _run_benchmarks
+
+        for eval_set in load_eval_sets(benchmark_names(config), limit=config.eval.limit or None):
+            fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
+                        max_prompt_len=max_len,
+                        name=f"eval.benchmarks {eval_set.name}")  # fmt: skip
+    tx, schedule = make_optimizer(
+        config.optim, config.total_steps * opts.epochs * opts.num_minibatches
+    )
+    s = config.sampling
+    return Run(
+        config=config, workdir=workdir, mesh=mesh, rules=rules,
+        batch_sharding=jax.sharding.NamedSharding(
+            mesh, sharding.logical_to_spec(("batch", "length"), rules)
+        ),
+        tokenizer=tokenizer, template=template, stop_ids=stop_token_ids(tokenizer, template),
+        train_examples=train_examples, eval_examples=eval_examples, model_cfg=model_cfg,
+        graphdef=abstract_params(model_cfg)[0], opts=opts, tx=tx, schedule=schedule,
+        reward_cfg=config_lib.reward_config(config),
+        sampling=SamplingOptions(max_prompt_len=s.max_prompt_len,
+                                 max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, top_k=s.top_k,
+                                 prompts_per_call=s.prompts_per_call,
+                                 decode_segments=s.decode_segments),
+    )  # fmt: skip
+
+
+def default_model_template(m: ml_collections.ConfigDict, model_cfg) -> str:
+    """SimpleRL-Zoo's template for the model: from the preset's name, else from the HF
+    checkpoint's directory name ("Qwen2.5-Math-7B"), else from its architecture."""
+    if m.preset:
+        return default_template(m.preset)
+    if not m.hf_path:
+        return default_template("tiny")
+    names = [os.path.basename(os.path.normpath(m.hf_path)), model_cfg.hf_architecture]
+    for name in names:
+        try:
+            template = default_template(name)
+        except ValueError:
+            continue
+        log.info("prompt template %s chosen from %r (set data.template to change it)",
+                 template, name)  # fmt: skip
+        return template
+    raise ValueError(f"no default template for {names}; set data.template")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> None:
+    """Writes the resolved config to workdir/config.json. A rerun in a workdir with checkpoints
+    must not change a key that changes results (it would resume the old run under new settings,
+    e.g. another seed's random stream): that raises, before anything is written."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort())
+    # Only checkpoints (of the RL or the SFT stage) make a run that another config would bury.
+    stages = [os.path.join(workdir, d) for d in ("checkpoints", "sft")]
+    resumable = any(os.path.isdir(d) and os.listdir(d) for d in stages)
+    if os.path.isfile(path) and resumable:
+        with open(path) as f:
+            saved = json.load(f)
+        changed, harmless = config_lib.rerun_differences(saved, current)
+        if changed:
+            raise ValueError(
+                f"{workdir} holds a run with another config ({path}); these keys change its "
+                f"results: {'; '.join(changed)}. Use a new --workdir, or the saved values"
+            )
+        if not harmless:
+            return
+        log.warning("config changes since the last run in %s: %s", workdir, "; ".join(harmless))
+    if is_main:  # written whole, then renamed: other processes never read half a file
+        with open(path + ".tmp", "w") as f:
+            json.dump(current, f, indent=2)
+        os.replace(path + ".tmp", path)
