@@ -116,3 +116,11 @@ def test_kl_is_logged_only_when_the_update_measured_one():
     assert progress_line(3, 10, with_kl) == (
         "step 3/10 reward +0.500 acc 0.500 len 12.0 kl 2.00e-03 time 4.00s"
     )
+
+
+def test_kl_in_the_reward_is_logged_as_the_run_kl():
+    m = DEVICE_METRICS | {"adv/kl_in_reward": 5e-3}
+    assert step_metrics(STATS, m, learning_rate=1e-3, step_time_s=1.0)["train/kl"] == 5e-3
+    # The loss's own KL (to the same reference) wins where both exist.
+    both = step_metrics(STATS, m | {"kl": 2e-3}, learning_rate=1e-3, step_time_s=1.0)
+    assert both["train/kl"] == 2e-3

@@ -142,10 +142,14 @@ def step_metrics(
     stats: dict[str, float], m: dict, *, learning_rate: float, step_time_s: float
 ) -> dict[str, float]:
     """One RL step's scalars: the rollout's host statistics plus the update's metrics `m` (on
-    the host). `train/kl` only when the loss had a reference to measure it against."""
+    the host). `train/kl` only when there is a reference to measure it against."""
     metrics = dict(stats)
-    if "kl" in m:  # no reference, no KL: a logged 0 would claim the policy has not moved
+    # No reference, no KL: a logged 0 would claim the policy has not moved. With the KL in the
+    # reward instead of the loss, it is the one measured on the rollout.
+    if "kl" in m:
         metrics["train/kl"] = float(m["kl"])
+    elif "adv/kl_in_reward" in m:
+        metrics["train/kl"] = float(m["adv/kl_in_reward"])
     if "vf_loss" in m:
         metrics["train/vf_loss"] = float(m["vf_loss"])
         metrics["train/vf_explained_variance"] = float(m["explained_variance"])
