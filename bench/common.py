@@ -176,8 +176,11 @@ def forward_flops(cfg: ModelConfig, body_tokens: int, logit_tokens: int) -> floa
 
 def decode_bytes_per_step(cfg: ModelConfig, batch: int, cache_len: float, cache_dtype) -> float:
     """Bytes a decode step must read: every weight once (the embedding table only if it doubles
-    as the head) plus the keys and values of the `cache_len` filled cache slots of each row."""
-    weight_bytes = (body_matmul_params(cfg) + head_params(cfg)) * cfg.weight_dtype.itemsize
+    as the head) plus the keys and values of the `cache_len` filled cache slots of each row.
+
+    Weights count at the compute dtype: the sampler casts them once per call and its decode
+    steps read that copy (float32 master weights with bf16 compute: 2 bytes a weight)."""
+    weight_bytes = (body_matmul_params(cfg) + head_params(cfg)) * cfg.compute_dtype.itemsize
     kv_bytes = (
         2 * cfg.num_layers * batch * cache_len * cfg.num_kv_heads * cfg.head_dim
     ) * jnp.dtype(cache_dtype).itemsize

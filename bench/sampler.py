@@ -7,8 +7,9 @@ and on CPU against HF transformers `generate` (torch) with the same random weigh
 
 Decode is memory-bound: its roofline time is the bytes each step must read (every weight once,
 plus the filled part of the KV cache) over the measured bandwidth. Prefill is compute-bound: its
-roofline is 2 FLOPs per weight per token over the measured matmul peak. Decoding is greedy with
-no stop token, so every row produces exactly `--new-tokens` tokens on both sides.
+roofline is 2 FLOPs per weight per token over the measured matmul peak. Decoding is greedy (or
+sampled with `--temperature`, `--top-p`, `--top-k`, on both sides) with no stop token, so every
+row produces exactly `--new-tokens` tokens on both sides.
 """
 
 from __future__ import annotations
@@ -38,44 +39,46 @@ def random_prompts(cfg: ModelConfig, batch: int, prompt_len: int, seed: int = 0)
     return jnp.asarray(tokens_bt), jnp.asarray(positions_bt)
 
 
-def zero_rl_fns(model, tokens_bt, positions_bt, new_tokens: int, decode_segments: int = 1):
+def zero_rl_fns(
+    model, tokens_bt, positions_bt, new_tokens: int, decode_segments: int = 1, *,
+    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+):  # fmt: skip
     """(prefill, decode, generate) of `zero_rl.sampler`: `decode(prefill())` runs the decode
     alone (it donates the cache, so each call needs a fresh prefill), `generate()` is
-    `generate_padded` end to end and returns the greedy tokens [batch, new_tokens]."""
+    `generate_padded` end to end and returns the tokens [batch, new_tokens]. Greedy at
+    temperature 0, else sampled with the given temperature / top-p / top-k."""
     graphdef, params = nnx.split(model)
-    # The same static options `generate_padded` builds for greedy decoding, so all three
-    # run the same compiled programs.
+    # The same static options `generate_padded` builds, so all three run the same programs.
     static = sampler._Static(
-        num_samples=1, max_new_tokens=new_tokens, greedy=True, top_k=0, top_p=1.0,
-        stop_token_ids=(), pad_id=0, cache_dtype=None, decode_segments=decode_segments,
+        num_samples=1, max_new_tokens=new_tokens, greedy=temperature == 0, top_k=top_k,
+        top_p=top_p, stop_token_ids=(), pad_id=0, cache_dtype=None,
+        decode_segments=decode_segments,
     )  # fmt: skip
+    rng = jax.random.key(0)
 
     def prefill():
         return sampler.prefill_jit(graphdef, params, tokens_bt, positions_bt, static=static)
 
     def decode(prefilled):
         cache, logits_bv, next_pos_b = prefilled
-        rng, temperature = jax.random.key(0), jnp.float32(1e-6)
+        t = jnp.float32(max(temperature, 1e-6))
         return sampler.decode_jit(
-            graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, static=static
+            graphdef, params, cache, logits_bv, next_pos_b, rng, t, static=static
         )[0].tokens_bn
 
     def generate():
         return sampler.generate_padded(
-            (graphdef, params),
-            tokens_bt,
-            positions_bt,
-            max_new_tokens=new_tokens,
-            temperature=0,
-            decode_segments=decode_segments,
-        ).tokens_bn
+            (graphdef, params), tokens_bt, positions_bt, max_new_tokens=new_tokens, rng=rng,
+            temperature=temperature, top_p=top_p, top_k=top_k, decode_segments=decode_segments,
+        ).tokens_bn  # fmt: skip
 
     return prefill, decode, generate
 
 
-def hf_generate_fn(model, tokens_bt, threads: int):
-    """`generate(n)`: HF transformers greedy generation of n tokens [batch, n] (KV cache on),
-    from the same weights exported with `to_hf`, on `threads` torch threads."""
+def hf_generate_fn(model, tokens_bt, threads: int, temperature=0.0, top_p=1.0, top_k=0):
+    """`generate(n)`: HF transformers generation of n tokens [batch, n] (KV cache on), greedy
+    at temperature 0, else sampled with the same temperature / top-p / top-k, from the same
+    weights exported with `to_hf`, on `threads` torch threads."""
     import torch
     import transformers
 
@@ -86,6 +89,12 @@ def hf_generate_fn(model, tokens_bt, threads: int):
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
     hf_model.eval()
     input_ids = torch.from_numpy(np.asarray(tokens_bt, np.int64))
+    # HF's generation config defaults to top_k=50: pass every option explicitly.
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+        if temperature > 0
+        else dict(do_sample=False)
+    )
     attention_mask = torch.ones_like(input_ids)
 
     def generate(n):
@@ -93,7 +102,7 @@ def hf_generate_fn(model, tokens_bt, threads: int):
             # No EOS in the exported config; min_new_tokens makes the length explicit anyway.
             out = hf_model.generate(
                 input_ids, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=0,
+                pad_token_id=0, **sampling,
             )  # fmt: skip
         return out[:, input_ids.shape[1] :].numpy()
 
@@ -119,6 +128,12 @@ def main() -> None:
         help="decode loops of growing attended cache length (sampling.decode_segments)",
     )  # fmt: skip
     parser.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="0: greedy (tokens compared with HF's); > 0: sampled, the RL loop's path",
+    )  # fmt: skip
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument(
         "--hf", choices=("auto", "on", "off"), default="auto",
         help="compare with HF transformers generate (auto: on CPU only)",
     )  # fmt: skip
@@ -127,6 +142,8 @@ def main() -> None:
         batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
         repeats=args.repeats, decode_segments=args.decode_segments,
     )  # fmt: skip
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise SystemExit("error: need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
     cfg = common.model_config(args)
     b, p, n = args.batch, args.prompt_len, args.new_tokens
     if p + n > cfg.max_position:
@@ -138,7 +155,10 @@ def main() -> None:
     limits = common.device_limits(cfg.dtype, args.peak_dim, args.bandwidth_mb)
     model = create_model(cfg, seed=0)
     tokens_bt, positions_bt = random_prompts(cfg, b, p)
-    prefill, decode, generate = zero_rl_fns(model, tokens_bt, positions_bt, n, args.decode_segments)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    prefill, decode, generate = zero_rl_fns(
+        model, tokens_bt, positions_bt, n, args.decode_segments, **sampling
+    )
     prefill_s = common.time_call(prefill, repeats=args.repeats).median
     decode_s = common.time_call(decode, setup=prefill, repeats=args.repeats).median
 
@@ -170,7 +190,7 @@ def main() -> None:
         ("decode roofline fraction", results["decode_roofline_fraction"], "of bandwidth"),
     ]
     if run_hf:
-        hf_generate = hf_generate_fn(model, tokens_bt, threads)
+        hf_generate = hf_generate_fn(model, tokens_bt, threads, **sampling)
         hf_generate(2)  # torch has nothing to compile; one short call settles lazy set-up
         outputs = {}
 
@@ -191,17 +211,20 @@ def main() -> None:
             "hf_generate_s": t["hf_generate"].median,
             "torch_threads": threads,
             "generate_speedup_vs_hf": t["hf_generate"].median / t["generate"].median,
-            "greedy_agreement_with_hf": greedy_agreement(
-                np.asarray(outputs["ours"]), outputs["hf"]
-            ),
         }
         rows += [
             ("generate, zero_rl", t["generate"].median, "s"),
             ("generate, HF", t["hf_generate"].median, f"s (torch, {threads} threads)"),
             ("speed-up vs HF generate", results["generate_speedup_vs_hf"], "x (goal >= 1.5)"),
-            ("greedy agreement with HF", results["greedy_agreement_with_hf"], "of tokens"),
         ]
-    common.print_table(f"zero_rl.sampler, {cfg.dtype}, median of {args.repeats}", rows)
+        if args.temperature == 0:  # sampled tokens differ between the two random streams
+            agreement = greedy_agreement(np.asarray(outputs["ours"]), outputs["hf"])
+            results["greedy_agreement_with_hf"] = agreement
+            rows.append(("greedy agreement with HF", agreement, "of tokens"))
+    mode = "greedy" if args.temperature == 0 else (
+        f"sampled: temperature {args.temperature}, top-p {args.top_p}, top-k {args.top_k}"
+    )  # fmt: skip
+    common.print_table(f"zero_rl.sampler, {cfg.dtype}, {mode}, median of {args.repeats}", rows)
     common.write_json(args.out, results, args)
 
 

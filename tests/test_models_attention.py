@@ -1,5 +1,6 @@
-"""Attention against a float64 NumPy recomputation, and the query-chunked path against the
-whole-sequence one: values, gradients, the model's logits, the sampler, and compiled memory."""
+"""Attention against a float64 NumPy recomputation (whole-sequence, query-chunked and the
+decode step over cache chunks), the query-chunked path against the whole-sequence one (values,
+gradients, the model's logits, the sampler, compiled memory), and the float32 logits."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,8 @@ import pytest
 from flax import nnx
 
 from zero_rl import sampler
-from zero_rl.models import ModelConfig, create_model, token_logprobs
-from zero_rl.models.layers import attend
+from zero_rl.models import KVCache, ModelConfig, create_model, token_logprobs
+from zero_rl.models.layers import attend, attend_decode
 
 CFG = ModelConfig(
     vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48
@@ -125,3 +126,49 @@ def test_bad_attention_settings_are_named():
         CFG.replace(attention="flash")
     with pytest.raises(ValueError, match="attention_chunk=0"):
         CFG.replace(attention="chunked", attention_chunk=0)
+
+
+def test_decode_attention_over_chunks_matches_float64_reference():
+    """One query per row over three cache chunks with holes (empty, padding and future slots)
+    against softmax attention over the concatenated slots in float64."""
+    rng = np.random.default_rng(3)
+    b, kv, g, hd, sizes = 3, 2, 3, 8, (5, 1, 4)
+    q = rng.normal(size=(b, kv, g, hd))
+    ks = [rng.normal(size=(b, kv, s, hd)) for s in sizes]
+    vs = [rng.normal(size=(b, kv, s, hd)) for s in sizes]
+    valid = [rng.random((b, s)) < 0.6 for s in sizes]
+    valid[0][:, 0] = True  # every row reads at least one slot
+    f32 = lambda xs: [jnp.asarray(x, jnp.float32) for x in xs]
+    out = attend_decode(
+        jnp.asarray(q, jnp.float32), f32(ks), f32(vs), [jnp.asarray(m) for m in valid]
+    )
+    k_all, v_all = np.concatenate(ks, axis=2), np.concatenate(vs, axis=2)
+    m_all = np.concatenate(valid, axis=1)
+    ref = np.zeros_like(q)
+    for i in range(b):
+        for h in range(kv):
+            scores = q[i, h] @ k_all[i, h].T / np.sqrt(hd)  # [group, slots]
+            scores = np.where(m_all[i], scores, -np.inf)
+            p = np.exp(scores - scores.max(-1, keepdims=True))
+            ref[i, h] = (p / p.sum(-1, keepdims=True)) @ v_all[i, h]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_segment_ids_with_a_kv_cache_are_refused():
+    model = create_model(CFG, seed=0)
+    tokens = jnp.ones((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match="segment_ids_bt cannot be used with a KV cache"):
+        model(tokens, segment_ids_bt=jnp.ones_like(tokens), cache=KVCache.empty(CFG, 1, 8))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_bf16_logits_accumulate_in_float32(tie):
+    """bf16 hidden states and head, float32 logits with float32 accumulation: equal to the
+    float32 product of the bf16 values (rounding the logits to bf16 would miss by ~1e-2)."""
+    model = create_model(CFG.replace(dtype="bfloat16", tie_embeddings=tie), seed=0)
+    hidden = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 32)), jnp.bfloat16)
+    logits = model.logits(hidden)
+    assert logits.dtype == jnp.float32
+    head = model.embed[...].T if tie else model.lm_head[...]
+    ref = np.asarray(hidden, np.float64) @ np.asarray(head.astype(jnp.bfloat16), np.float64)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from flax import nnx
 
 from zero_rl import sampler, sharding
@@ -41,10 +42,11 @@ def _greedy_reference(model, prompt, n):
     return seq[len(prompt) :]
 
 
-@pytest.mark.parametrize("window", [None, 4])
-def test_greedy_equals_stepwise_argmax_of_full_forward(window):
+@pytest.mark.parametrize("window,segments", [(None, 1), (4, 1), (4, 3)])
+def test_greedy_equals_stepwise_argmax_of_full_forward(window, segments):
     model = create_model(CFG.replace(sliding_window=window), seed=1)
-    out = sampler.generate(model, PROMPTS, max_new_tokens=7, temperature=0, prompt_buckets=BUCKETS)
+    out = sampler.generate(model, PROMPTS, max_new_tokens=7, temperature=0,
+                           prompt_buckets=BUCKETS, decode_segments=segments)  # fmt: skip
     for i, prompt in enumerate(PROMPTS):
         np.testing.assert_array_equal(out.tokens_bn[i], _greedy_reference(model, prompt, 7))
     assert out.lengths_b.tolist() == [7] * len(PROMPTS)
@@ -72,9 +74,12 @@ def test_left_padding_and_batch_composition_do_not_change_outputs(model):
     together = sampler.generate(
         model, PROMPTS, max_new_tokens=6, temperature=0, prompt_buckets=BUCKETS
     )
+    assert sampler.pad_prompts(PROMPTS, pad_id=0, prompt_buckets=BUCKETS)[0].shape[1] == 16
     for i, prompt in enumerate(PROMPTS):
+        # Alone, each prompt is padded to 32 columns (16 more than in the batch): different
+        # left padding and different cache slots for every token.
         alone = sampler.generate(
-            model, [prompt], max_new_tokens=6, temperature=0, prompt_buckets=(16,)
+            model, [prompt], max_new_tokens=6, temperature=0, prompt_buckets=(32,)
         )
         np.testing.assert_array_equal(alone.tokens_bn[0], together.tokens_bn[i])
         np.testing.assert_allclose(alone.logprobs_bn[0], together.logprobs_bn[i], atol=1e-5)
@@ -103,6 +108,47 @@ def test_stop_tokens_end_responses_and_pad_after(model):
         assert (out.tokens_bn[i, expected_len:] == 60).all()
         assert (out.logprobs_bn[i, expected_len:] == 0).all()
     assert out.finish_reasons()[0] == "stop"
+
+
+def test_empty_rows_are_done_at_once_and_the_loop_stops_early(model):
+    """A row of all -1 positions (what batch_multiple adds) is all padding with length 0, and
+    does not keep the decode loop running: it stops after the longest real response."""
+    n, stops = 12, list(range(1, 31))  # half the vocabulary stops: every response is short
+    tokens, positions = sampler.pad_prompts(
+        PROMPTS[:3], pad_id=0, prompt_buckets=BUCKETS, batch_multiple=4
+    )
+    assert (positions[3] == -1).all()
+    kwargs = dict(max_new_tokens=n, temperature=0, stop_token_ids=stops, pad_id=60)
+    out = sampler.generate_padded(model, tokens, positions, **kwargs)
+    assert out.lengths_b[3] == 0 and not out.stopped_b[3]
+    assert (out.tokens_bn[3] == 60).all() and (out.logprobs_bn[3] == 0).all()
+    longest = int(np.max(out.lengths_b))
+    assert 0 < longest < n and out.stopped_b[:3].all()
+    assert out.decode_steps_b.tolist() == [longest] * 4
+    # The real rows are what they are without the empty row.
+    alone = sampler.generate(model, PROMPTS[:3], prompt_buckets=BUCKETS, **kwargs)
+    np.testing.assert_array_equal(alone.tokens_bn, out.tokens_bn[:3])
+    np.testing.assert_array_equal(alone.lengths_b, out.lengths_b[:3])
+
+
+def test_decode_steps_are_the_longest_response(model):
+    greedy = sampler.generate(model, PROMPTS, max_new_tokens=8, temperature=0,
+                              prompt_buckets=BUCKETS)  # fmt: skip
+    assert greedy.decode_steps_b.tolist() == [8] * len(PROMPTS)  # no stop token: the cap
+    sampled = sampler.generate(
+        model, PROMPTS, max_new_tokens=20, rng=jax.random.key(2), num_samples=3,
+        stop_token_ids=list(range(1, 21)), prompt_buckets=BUCKETS,
+    )  # fmt: skip
+    longest = int(np.max(sampled.lengths_b))
+    assert longest < 20 and sampled.decode_steps_b.tolist() == [longest] * 12
+    # In calls of two prompts each call stops at its own longest response.
+    split = sampler.generate(
+        model, PROMPTS, max_new_tokens=20, rng=jax.random.key(2), num_samples=3,
+        stop_token_ids=list(range(1, 21)), prompt_buckets=BUCKETS, prompts_per_call=2,
+    )  # fmt: skip
+    for call in range(2):
+        rows = np.concatenate([np.arange(3 * p, 3 * p + 3) for p in (call, call + 2)])
+        assert (split.decode_steps_b[rows] == np.max(split.lengths_b[rows])).all()
 
 
 @pytest.mark.parametrize("segments", [2, 3, 20])
@@ -150,6 +196,47 @@ def test_truncation_matches_numpy_reference(top_k, top_p):
     np.testing.assert_allclose(got[np.isfinite(expected)], logits[np.isfinite(expected)])
 
 
+def _chi_square_p_value(counts, probs):
+    """Pearson's test of counts [vocab] against probabilities [vocab]: 0 if any count falls
+    where the probability is 0; bins expecting fewer than 5 draws are pooled."""
+    if counts[probs == 0].sum():
+        return 0.0
+    expected = probs * counts.sum()
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big & (probs > 0)].sum())
+    exp = np.append(expected[big], expected[~big & (probs > 0)].sum())
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    return float(scipy.stats.chi2.sf(np.sum((obs - exp) ** 2 / exp), len(exp) - 1))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.6, 0, 0.8), (1.5, 6, 1.0), (0.8, 9, 0.9)])
+def test_sampled_frequencies_match_the_truncated_tempered_softmax(temperature, top_k, top_p):
+    """First tokens of 4,000 samples of one prompt against softmax(logits / T) cut by top-k,
+    then top-p, in float64 NumPy from the full forward's logits."""
+    model = create_model(CFG, seed=2)
+    # Random weights give near-uniform logits: a larger head spreads them, so that temperature
+    # and truncation reshape the distribution (checked below against T = 1).
+    model.lm_head[...] = model.lm_head[...] * 8
+    prompt, n = PROMPTS[2], 4000
+    out = sampler.generate(
+        model, [prompt], max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p,
+        num_samples=n, rng=jax.random.key(7), prompt_buckets=BUCKETS,
+    )  # fmt: skip
+    counts = np.bincount(np.asarray(out.tokens_bn[:, 0]), minlength=CFG.vocab_size)
+    logits = np.asarray(model(jnp.asarray([prompt]))[0, -1], np.float64)
+
+    def probs(t):
+        cut = _numpy_truncate(logits[None] / t, top_k, top_p)[0]
+        p = np.exp(cut - cut.max())
+        return p / p.sum()
+
+    expected = probs(temperature)
+    assert 2 < np.sum(expected > 0) < CFG.vocab_size  # the truncation is active
+    assert _chi_square_p_value(counts, expected) > 1e-3
+    # The test has power: the same draws reject the untempered distribution.
+    assert _chi_square_p_value(counts, probs(1.0)) < 1e-6
+
+
 def test_sampled_tokens_stay_inside_the_truncated_set(model):
     out = sampler.generate(
         model, PROMPTS, max_new_tokens=5, top_k=3, rng=jax.random.key(0), prompt_buckets=BUCKETS
@@ -181,6 +268,26 @@ def test_group_samples_share_prefill_and_differ(model):
             np.testing.assert_allclose(
                 out.logprobs_bn[4 * i + r], logp[0, len(prompt) :], atol=2e-5
             )
+
+
+def test_group_samples_share_one_prefill(model):
+    """XLA's FLOP count of the compiled prefill: a group of 4 samples per prompt costs what one
+    sample does (the prompt runs once, its cache is repeated), while 4x the prompts cost 4x."""
+    graphdef, params = nnx.split(model)
+
+    def prefill_flops(prompts, num_samples):
+        static = sampler._Static(
+            num_samples=num_samples, max_new_tokens=4, greedy=True, top_k=0, top_p=1.0,
+            stop_token_ids=(), pad_id=0, cache_dtype=None,
+        )  # fmt: skip
+        tokens = jnp.zeros((prompts, 16), jnp.int32)
+        lowered = sampler.prefill_jit.lower(graphdef, params, tokens, tokens, static=static)
+        cost = lowered.compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    one = prefill_flops(2, 1)
+    assert prefill_flops(2, 4) == pytest.approx(one, rel=0.02)
+    assert prefill_flops(8, 1) == pytest.approx(4 * one, rel=0.1)
 
 
 def test_no_recompilation_within_a_bucket(model):
@@ -280,6 +387,10 @@ def test_errors_name_the_problem(model):
         sampler.generate(model, [[1], []], max_new_tokens=2)
     with pytest.raises(ValueError, match="top_p"):
         sampler.generate(model, [[1]], max_new_tokens=2, top_p=0)
+    with pytest.raises(ValueError, match="top_k must be >= 0 .0 = off., got -1"):
+        sampler.generate(model, [[1]], max_new_tokens=2, top_k=-1)
+    with pytest.raises(ValueError, match="top_k=62 exceeds the vocabulary size 61"):
+        sampler.generate(model, [[1]], max_new_tokens=2, top_k=62)
 
 
 def test_positions_from_mask_left_and_right_padding():

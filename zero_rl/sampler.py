@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zero_rl.models.transformer import KVCache, Transformer
+from zero_rl.models.transformer import DecodeCache, Transformer
 from zero_rl.sharding import constrain
 
 DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -33,12 +33,15 @@ class SampleOutput(NamedTuple):
     logprobs_bn: [rows, max_new_tokens] float32, log p(token) at temperature 1 (0 after the end).
     lengths_b: [rows] int32, response length including the stop token.
     stopped_b: [rows] bool, True if a stop token ended the response, False if the cap did.
+    decode_steps_b: [rows] int32, the decode steps run by the call that sampled the row: its
+      longest response, as the loop stops once every row of the call has finished.
     """
 
     tokens_bn: jax.Array
     logprobs_bn: jax.Array
     lengths_b: jax.Array
     stopped_b: jax.Array
+    decode_steps_b: jax.Array
 
     def finish_reasons(self) -> list[str]:
         return [FINISH_STOP if s else FINISH_LENGTH for s in np.asarray(self.stopped_b)]
@@ -66,24 +69,50 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 def truncate_logits(logits_bv: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """Sets logits outside the top-k / nucleus (top-p) set to -inf.
+    """Sets logits [rows, vocab] outside the top-k, then the nucleus (top-p), set to the dtype's
+    lowest finite value (ties at a threshold are all kept).
 
     Top-p keeps the smallest prefix of tokens sorted by probability whose mass reaches top_p
-    (the token that crosses the threshold is kept), as in Holtzman et al. 2020 and HF.
+    (the token that crosses the threshold is kept), as in Holtzman et al. 2020 and HF. Neither
+    cut sorts the vocabulary: XLA:CPU's sort of [rows, vocab] cost more than a decode step of a
+    20M-parameter model. The k-th largest logit is the minimum of `lax.top_k`'s values (read
+    as its last column, XLA lowers top_k to a full sort); the nucleus threshold is found by
+    bisection over the logits' values (`_nucleus_threshold`).
     """
     neg_inf = jnp.finfo(logits_bv.dtype).min
     if top_k > 0:
-        kth = jax.lax.top_k(logits_bv, top_k)[0][:, -1:]
-        logits_bv = jnp.where(logits_bv < kth, neg_inf, logits_bv)
+        kth_b1 = jnp.min(jax.lax.top_k(logits_bv, top_k)[0], axis=-1, keepdims=True)
+        logits_bv = jnp.where(logits_bv < kth_b1, neg_inf, logits_bv)
     if top_p < 1.0:
-        sorted_desc = jnp.sort(logits_bv, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_desc, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        # Threshold = smallest logit still inside the nucleus.
-        kept = jnp.where(mass_before < top_p, sorted_desc, jnp.inf)
-        threshold = jnp.min(kept, axis=-1, keepdims=True)
-        logits_bv = jnp.where(logits_bv < threshold, neg_inf, logits_bv)
+        threshold_b1 = _nucleus_threshold(logits_bv, top_p)
+        logits_bv = jnp.where(logits_bv < threshold_b1, neg_inf, logits_bv)
     return logits_bv
+
+
+def _nucleus_threshold(logits_bv: jax.Array, top_p: float) -> jax.Array:
+    """The smallest logit of the nucleus, [rows, 1]: the largest value t whose tokens with
+    logit >= t hold probability >= top_p. That is the logit of the token whose mass crosses
+    top_p in descending order, so keeping logits >= t is the sorted definition of top-p.
+
+    Float32 values map to int32 keys in the same order, and a per-row bisection over the keys
+    takes 32 passes over [rows, vocab] (a compare and a masked sum each), no sort.
+    """
+    probs_bv = jax.nn.softmax(logits_bv.astype(jnp.float32), axis=-1)
+    bits_bv = jax.lax.bitcast_convert_type(logits_bv.astype(jnp.float32), jnp.int32)
+    # Negative floats order backwards as integers: flipping their magnitude bits fixes that.
+    keys_bv = jnp.where(bits_bv >= 0, bits_bv, bits_bv ^ jnp.int32(0x7FFFFFFF))
+
+    def halve(_, bounds):  # invariant: the answer is in [lo, hi], mass(lo) >= top_p
+        lo_b, hi_b = bounds
+        mid_b = (lo_b >> 1) + (hi_b >> 1) + ((lo_b | hi_b) & 1)  # ceil((lo + hi) / 2), no overflow
+        mass_b = jnp.sum(jnp.where(keys_bv >= mid_b[:, None], probs_bv, 0.0), axis=-1)
+        inside = mass_b >= top_p
+        return jnp.where(inside, mid_b, lo_b), jnp.where(inside, hi_b, mid_b - 1)
+
+    bounds = (jnp.min(keys_bv, axis=-1), jnp.max(keys_bv, axis=-1))
+    key_b = jax.lax.fori_loop(0, 32, halve, bounds)[0]
+    bits_b = jnp.where(key_b >= 0, key_b, key_b ^ jnp.int32(0x7FFFFFFF))
+    return jax.lax.bitcast_convert_type(bits_b, jnp.float32)[:, None].astype(logits_bv.dtype)
 
 
 def _compute_dtype_model(graphdef, params) -> Transformer:
@@ -100,55 +129,73 @@ def _compute_dtype_model(graphdef, params) -> Transformer:
     return nnx.merge(graphdef, params)
 
 
-def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
-    """Runs the prompt through the model once, then repeats the cache for each sample.
+def _segment_bounds(static: _Static) -> list[tuple[int, int]]:
+    """[start, end) of each decode segment's response slots (a chunk of the cache each)."""
+    n = static.max_new_tokens
+    segments = max(1, min(static.decode_segments, n))
+    ends = [-(-n * (k + 1) // segments) for k in range(segments)]
+    return list(zip([0, *ends[:-1]], ends))
 
-    The prompt attends over its own P slots only; the cache grows to P + max_new_tokens empty
-    slots afterwards, in the same copy that repeats it for each sample (GRPO groups share one
-    prefill; rows of a prompt are adjacent).
+
+def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
+    """Runs the prompt through the model once and builds the decode cache.
+
+    The prompt attends over its own P slots only; its keys and values become the cache's first
+    chunk, in the copy that repeats each prompt's rows for its samples (GRPO groups share one
+    prefill; rows of a prompt are adjacent). One empty chunk per decode segment follows.
+    Returns the cache, the last prompt token's logits [rows, vocab] float32 and the position of
+    each row's first response token [rows] (-1 for an empty row: all positions -1).
     """
     model = _compute_dtype_model(graphdef, params)
-    b, p = prompt_bt.shape
-    cache_dtype = jnp.dtype(static.cache_dtype or model.cfg.compute_dtype)
-    cache = KVCache.empty(model.cfg, b, p, cache_dtype)
-    hidden, cache = model.hidden_states(prompt_bt, positions_bt, cache=cache, cache_index=0)
+    cfg = model.cfg
+    hidden_btd, k_lbtkh, v_lbtkh = model.prefill(prompt_bt, positions_bt)
     # Left padding puts every prompt's last token in the last column: only its logits are needed.
-    last_logits_bv = model.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)
-    g, n = static.num_samples, static.max_new_tokens
+    last_logits_bv = model.logits(hidden_btd[:, -1:])[:, 0]
+    g = static.num_samples
+    rows = prompt_bt.shape[0] * g
+    cache_dtype = jnp.dtype(static.cache_dtype or cfg.compute_dtype)
 
-    def grow(x, row_axis, fill):  # repeat rows g times, append n empty slots after axis row+1
-        x = jnp.repeat(x, g, axis=row_axis) if g > 1 else x
-        pad = [(0, 0)] * x.ndim
-        pad[row_axis + 1] = (0, n)
-        return jnp.pad(x, pad, constant_values=fill)
+    def repeat(x, axis=0):
+        return jnp.repeat(x, g, axis=axis) if g > 1 else x
 
-    cache = KVCache(grow(cache.k, 1, 0), grow(cache.v, 1, 0), grow(cache.pos_bs, 0, -1))
-    if g > 1:
-        last_logits_bv = jnp.repeat(last_logits_bv, g, axis=0)
-    cache = KVCache(
-        constrain(cache.k, KVCache.LOGICAL_AXES),
-        constrain(cache.v, KVCache.LOGICAL_AXES),
-        constrain(cache.pos_bs, ("batch", "cache_length")),
+    def chunks(kv_lbtkh, layer):
+        prompt_bkth = repeat(kv_lbtkh[layer].astype(cache_dtype).transpose(0, 2, 1, 3))
+        shape = (rows, cfg.num_kv_heads, 0, cfg.head_dim)
+        empty = [jnp.zeros(shape[:2] + (end - start,) + shape[3:], cache_dtype)
+                 for start, end in _segment_bounds(static)]  # fmt: skip
+        return tuple(constrain(c, DecodeCache.LOGICAL_AXES) for c in [prompt_bkth, *empty])
+
+    layers = range(cfg.num_layers)
+    pos = [repeat(positions_bt.astype(jnp.int32))] + [
+        jnp.full((rows, end - start), -1, jnp.int32) for start, end in _segment_bounds(static)
+    ]
+    cache = DecodeCache(
+        tuple(chunks(k_lbtkh, i) for i in layers),
+        tuple(chunks(v_lbtkh, i) for i in layers),
+        tuple(constrain(p, ("batch", "cache_length")) for p in pos),
     )
-    next_pos_b = jnp.repeat(jnp.max(positions_bt, axis=1) + 1, g)
-    return cache, last_logits_bv, next_pos_b
+    empty_b = jnp.all(positions_bt < 0, axis=1)
+    next_pos_b = jnp.where(empty_b, -1, jnp.max(positions_bt, axis=1) + 1)
+    return cache, repeat(last_logits_bv), repeat(next_pos_b)
 
 
 def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *, static: _Static):
-    """Samples up to max_new_tokens per row, stopping early once every row has finished."""
+    """Samples up to max_new_tokens per row, stopping early once every row has finished.
+
+    Rows with next_pos_b < 0 (empty rows that pad the batch) are done from the start.
+    """
     model = _compute_dtype_model(graphdef, params)
+    blocks = model.decode_blocks()
     rows = logits_bv.shape[0]
     n = static.max_new_tokens
-    prompt_len = cache.pos_bs.shape[1] - n
     stop_ids = jnp.asarray(static.stop_token_ids or (-1,), jnp.int32)
 
     def cond(state, end):
         step, done_b = state[0], state[5]
         return (step < end) & ~jnp.all(done_b)
 
-    def body(state, attend_len):
+    def body(state, segment, start):
         step, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b = state
-        logp_all = jax.nn.log_softmax(logits_bv, axis=-1)
         if static.greedy:
             token_b = jnp.argmax(logits_bv, axis=-1)
         else:
@@ -157,7 +204,8 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
             )
             token_b = jax.random.categorical(jax.random.fold_in(rng, step), scaled, axis=-1)
         token_b = token_b.astype(jnp.int32)
-        logp_b = jnp.take_along_axis(logp_all, token_b[:, None], axis=-1)[:, 0]
+        logp_b = jnp.take_along_axis(logits_bv, token_b[:, None], axis=-1)[:, 0]
+        logp_b = logp_b - jax.nn.logsumexp(logits_bv, axis=-1)
         token_b = jnp.where(done_b, static.pad_id, token_b)
         logp_b = jnp.where(done_b, 0.0, logp_b)
         tokens_bn = jax.lax.dynamic_update_slice_in_dim(tokens_bn, token_b[:, None], step, 1)
@@ -168,14 +216,15 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         # Finished rows still run through the model (shapes are fixed) but write position -1,
         # which no query attends to.
         pos_b = jnp.where(done_b, -1, next_pos_b + step)
-        hidden, cache = model.hidden_states(
-            token_b[:, None],
-            pos_b[:, None],
-            cache=cache,
-            cache_index=prompt_len + step,
-            attend_len=attend_len,
+        logits_bv, cache = model.decode_step(
+            blocks,
+            token_b,
+            pos_b,
+            cache,
+            read_chunks=segment + 2,
+            write_chunk=segment + 1,
+            write_index=step - start,
         )
-        logits_bv = model.logits(hidden)[:, 0].astype(jnp.float32)
         return step + 1, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b
 
     state = (
@@ -184,19 +233,17 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         logits_bv,
         jnp.full((rows, n), static.pad_id, jnp.int32),
         jnp.zeros((rows, n), jnp.float32),
-        next_pos_b < 0,  # dummy rows that pad the batch to its bucket are done from the start
+        next_pos_b < 0,  # empty rows that pad the batch are done from the start
         jnp.zeros((rows,), bool),
     )
-    # Segment k of the decode writes slots up to prompt_len + ends[k]: its steps attend over
-    # those slots only, not over the empty rest of the cache. Each segment is its own loop in
-    # the same program (a static attended length per loop); later ones exit at once when every
-    # row has finished.
-    segments = max(1, min(static.decode_segments, n))
-    ends = [-(-n * (k + 1) // segments) for k in range(segments)]
-    for end in ends:
+    # Segment k's steps write cache chunk k + 1 and attend over the prompt's chunk and chunks
+    # 1..k + 1 only, not over the empty rest of the cache. Each segment is its own loop in the
+    # same program (a static set of chunks per loop); later ones exit at once when every row
+    # has finished.
+    for segment, (start, end) in enumerate(_segment_bounds(static)):
         state = jax.lax.while_loop(
             functools.partial(cond, end=end),
-            functools.partial(body, attend_len=prompt_len + end),
+            functools.partial(body, segment=segment, start=start),
             state,
         )
     step, cache, _, tokens_bn, logprobs_bn, _, stopped_b = state
@@ -204,8 +251,10 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
     first_stop_b = jnp.argmax(is_stop_bn, axis=-1)
     lengths_b = jnp.where(stopped_b, first_stop_b + 1, jnp.minimum(step, n))
     lengths_b = jnp.where(next_pos_b < 0, 0, lengths_b)
-    # The cache is returned only so its donated buffer is reused in place by the loop.
-    return SampleOutput(tokens_bn, logprobs_bn, lengths_b.astype(jnp.int32), stopped_b), cache
+    steps_b = jnp.full((rows,), step, jnp.int32)
+    out = SampleOutput(tokens_bn, logprobs_bn, lengths_b.astype(jnp.int32), stopped_b, steps_b)
+    # The cache is returned only so its donated buffers are reused in place by the loop.
+    return out, cache
 
 
 # Module-level jits, so every call with the same bucket shapes hits the same compiled program.
@@ -345,6 +394,11 @@ def generate_padded(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    vocab = nnx.merge(graphdef, params).cfg.vocab_size
+    if top_k > vocab:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {vocab}")
     static = _Static(
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,

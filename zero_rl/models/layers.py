@@ -7,8 +7,11 @@ weights with bf16 matmuls need no second copy of the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from zero_rl.models.config import ModelConfig
@@ -62,14 +65,24 @@ def rope_inv_frequencies(cfg: ModelConfig) -> jax.Array:
     )
 
 
-def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotary embedding in the "rotate half" layout used by HF checkpoints."""
-    angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq
-    cos = jnp.cos(angles_bth)[:, :, None, :]
-    sin = jnp.sin(angles_bth)[:, :, None, :]
-    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x_bthd.dtype)
+def rope_cos_sin(positions_bt: jax.Array, inv_freq_f: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotary angles, each [batch, time, 1, head_dim // 2] float32.
+
+    Computed once per forward and shared by every layer (the angles depend on positions only).
+    `inv_freq_f` is `rope_inv_frequencies(cfg)` [head_dim // 2].
+    """
+    angles_btf = positions_bt[..., None].astype(jnp.float32) * inv_freq_f
+    return jnp.cos(angles_btf)[:, :, None, :], jnp.sin(angles_btf)[:, :, None, :]
+
+
+def apply_rope(x_btnh: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary embedding of x [batch, time, heads, head_dim] in the "rotate half" layout of HF
+    checkpoints; `rope` is `rope_cos_sin(positions_bt, inv_freq)`. Returns x's shape and dtype.
+    """
+    cos_bt1f, sin_bt1f = rope
+    x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos_bt1f - x2 * sin_bt1f, x2 * cos_bt1f + x1 * sin_bt1f], -1)
+    return rotated.astype(x_btnh.dtype)
 
 
 def attention_mask(
@@ -150,7 +163,51 @@ def attend(
     return out_nbchk.swapaxes(0, 1).reshape(b, n * query_chunk, h, hd)[:, :t]
 
 
+def attend_decode(
+    q_bkgh: jax.Array,
+    k_chunks_bksh: Sequence[jax.Array],
+    v_chunks_bksh: Sequence[jax.Array],
+    valid_chunks_bs: Sequence[jax.Array],
+) -> jax.Array:
+    """One decode query per row over a KV cache held in chunks of slots.
+
+    q [batch, kv_heads, group, head_dim] (query head k * group + g reads kv head k), each
+    chunk's keys/values [batch, kv_heads, slots, head_dim] and a boolean [batch, slots] of the
+    slots this query may read. Returns [batch, kv_heads, group, head_dim].
+
+    The chunks are read where they lie: both matmuls batch over (batch, kv_heads) and contract
+    head_dim / slots, the layout the cache is stored in, so no copy or transpose of the cache is
+    made, and a query-head group shares its kv head inside one matmul. Scores and softmax are
+    float32, as in `jax.nn.dot_product_attention`.
+    """
+    scale = 1.0 / np.sqrt(q_bkgh.shape[-1])
+    f32 = jnp.float32
+    # A finite floor, not -inf: a row with nothing to attend (a finished or empty row) gets
+    # uniform weights instead of NaNs; its output is never used.
+    floor = jnp.finfo(f32).min
+    scores_bkgs = jnp.concatenate(
+        [
+            jnp.where(
+                m_bs[:, None, None, :],
+                jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh, preferred_element_type=f32) * scale,
+                floor,
+            )
+            for k_bksh, m_bs in zip(k_chunks_bksh, valid_chunks_bs, strict=True)
+        ],
+        axis=-1,
+    )
+    probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
+    out_bkgh, offset = 0.0, 0
+    for v_bksh in v_chunks_bksh:
+        p_bkgs = probs_bkgs[..., offset : offset + v_bksh.shape[2]].astype(v_bksh.dtype)
+        out_bkgh += jnp.einsum("bkgs,bksh->bkgh", p_bkgs, v_bksh, preferred_element_type=f32)
+        offset += v_bksh.shape[2]
+    return out_bkgh.astype(q_bkgh.dtype)
+
+
 class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary embeddings (and optional q/k/v biases)."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d, h, k, hd, dt = (
@@ -170,70 +227,133 @@ class Attention(nnx.Module):
             self.v_bias = _param(rngs, (k, hd), ("kv_heads", "head_dim"), dt, "zeros")
 
     def _project(self, x_btd, name):
+        """x [batch, time, embed] -> [batch, time, heads of `name`, head_dim]."""
         dt = self.cfg.compute_dtype
         y = jnp.einsum("btd,dhk->bthk", x_btd, getattr(self, name + "_proj")[...].astype(dt))
         if self.cfg.qkv_bias:
             y = y + getattr(self, name + "_bias")[...].astype(dt)
         return y
 
+    def _qkv(self, x_btd, rope):
+        q_btnh = apply_rope(self._project(x_btd, "q"), rope)
+        k_btkh = apply_rope(self._project(x_btd, "k"), rope)
+        return q_btnh, k_btkh, self._project(x_btd, "v")
+
+    def _out(self, out_btnh):
+        # One matmul over the merged (heads, head_dim) axis: both reshapes are free. Written as
+        # an einsum over two contracted axes, XLA:CPU transposed both operands first.
+        b, t, n, h = out_btnh.shape
+        o_proj = self.o_proj[...].astype(self.cfg.compute_dtype).reshape(n * h, -1)
+        out_btd = out_btnh.reshape(b, t, n * h) @ o_proj
+        return constrain(out_btd, ("batch", "length", "act_embed"))
+
     def __call__(
         self,
         x_btd: jax.Array,
         positions_bt: jax.Array,
-        inv_freq: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
         *,
         segment_ids_bt: jax.Array | None = None,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | int = 0,
         layer: jax.Array | int = 0,
-        attend_len: int | None = None,
-    ):
-        """Self-attention. Without a cache, keys are this call's own tokens.
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Self-attention of x [batch, time, embed] -> ([batch, time, embed], keys/values).
 
-        With `cache = (k_all, v_all, pos_bs)` (all layers' keys/values
-        [layers, batch, cache_len, kv_heads, head_dim] and slot positions, already holding this
-        call's positions), the new keys/values are written into slots
-        [cache_index, cache_index + t) of `layer` and the queries attend over that layer's cache.
-        Only the new slots are written, so a decode step never copies the cache. With
-        `attend_len` (static), queries read only the first `attend_len` slots: the caller
-        promises that the slots after them are empty.
+        `positions_bt` [batch, time] (-1 on padding) decide what attends to what (see
+        `attention_mask`); `rope` is `rope_cos_sin(positions_bt, ...)`.
+
+        Without a cache the keys are this call's own tokens, and the second output is this
+        call's keys and values [batch, time, kv_heads, head_dim] (the sampler's prefill keeps
+        them as its cache). With `cache = (k_lbskh, v_lbskh, pos_bs)` (all layers' keys/values
+        [layers, batch, cache_len, kv_heads, head_dim] and the slot positions, already holding
+        this call's), the new keys/values are written into slots [cache_index, cache_index + t)
+        of `layer`, the queries attend over that layer's cache, and the second output is the
+        updated (k_lbskh, v_lbskh).
         """
         cfg = self.cfg
-        q = apply_rope(self._project(x_btd, "q"), positions_bt, inv_freq)
-        k = apply_rope(self._project(x_btd, "k"), positions_bt, inv_freq)
-        v = self._project(x_btd, "v")
-        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        q_btnh, k_btkh, v_btkh = self._qkv(x_btd, rope)
+        q_btnh = constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
         if cache is None:
-            keys, values, k_pos, k_seg = k, v, positions_bt, segment_ids_bt
-            new_cache = None
+            keys_bskh, values_bskh, k_pos_bs = k_btkh, v_btkh, positions_bt
+            new_cache, k_seg_bs = (k_btkh, v_btkh), segment_ids_bt
         else:
-            k_all, v_all, k_pos = cache
+            if segment_ids_bt is not None:
+                raise ValueError(
+                    "segment_ids_bt cannot be used with a KV cache: the cache keeps no segment "
+                    "ids, so packed documents would attend to each other"
+                )
+            k_lbskh, v_lbskh, k_pos_bs = cache
             start = (layer, 0, cache_index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-            b, length = k_pos.shape
-            span = length if attend_len is None else attend_len
-            sizes = (1, b, span, *k_all.shape[3:])
-            keys = jax.lax.dynamic_slice(k_all, (layer, 0, 0, 0, 0), sizes)[0]
-            values = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, 0), sizes)[0]
-            k_pos = k_pos[:, :span]
-            new_cache, k_seg, segment_ids_bt = (k_all, v_all), None, None
-        out_bthk = attend(
-            q,
-            keys.astype(q.dtype),
-            values.astype(q.dtype),
+            dt = k_lbskh.dtype
+            k_lbskh = jax.lax.dynamic_update_slice(k_lbskh, k_btkh[None].astype(dt), start)
+            v_lbskh = jax.lax.dynamic_update_slice(v_lbskh, v_btkh[None].astype(dt), start)
+            keys_bskh = jax.lax.dynamic_index_in_dim(k_lbskh, layer, keepdims=False)
+            values_bskh = jax.lax.dynamic_index_in_dim(v_lbskh, layer, keepdims=False)
+            new_cache, k_seg_bs = (k_lbskh, v_lbskh), None
+        out_btnh = attend(
+            q_btnh,
+            keys_bskh.astype(q_btnh.dtype),
+            values_bskh.astype(q_btnh.dtype),
             positions_bt,
-            k_pos,
+            k_pos_bs,
             q_segment_bt=segment_ids_bt,
-            k_segment_bs=k_seg,
+            k_segment_bs=k_seg_bs,
             sliding_window=cfg.sliding_window,
             query_chunk=cfg.attention_chunk if cfg.attention == "chunked" else 0,
         )
-        out = jnp.einsum("bthk,hkd->btd", out_bthk, self.o_proj[...].astype(cfg.compute_dtype))
-        return constrain(out, ("batch", "length", "act_embed")), new_cache
+        return self._out(out_btnh), new_cache
+
+    def decode(
+        self,
+        x_b1d: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
+        k_chunks_bksh: Sequence[jax.Array],
+        v_chunks_bksh: Sequence[jax.Array],
+        valid_chunks_bs: Sequence[jax.Array],
+        *,
+        write_chunk: int,
+        write_index: jax.Array | int,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """One decode step of x [batch, 1, embed] over a cache held in chunks.
+
+        The new token's key and value go into slot `write_index` of chunk `write_chunk` first;
+        the query then attends over all the chunks given (see `attend_decode`; the masks must
+        already allow the new slot). Writing before reading lets XLA update the chunk in place:
+        were the read of the old chunk unordered with the write, it would copy the chunk.
+        Returns the attention output [batch, 1, embed] and the updated chunks.
+        """
+        cfg = self.cfg
+        b, kv, hd = x_b1d.shape[0], cfg.num_kv_heads, cfg.head_dim
+        q_b1nh, k_b1kh, v_b1kh = self._qkv(x_b1d, rope)
+
+        def write(chunks_bksh, new_b1kh):
+            chunks = list(chunks_bksh)
+            # [b, 1, kv, hd] -> [b, kv, 1, hd]: a free reshape with one time step.
+            new_bk1h = new_b1kh.reshape(b, kv, 1, hd).astype(chunks[write_chunk].dtype)
+            chunks[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
+                chunks[write_chunk], new_bk1h, write_index, axis=2
+            )
+            return tuple(chunks)
+
+        k_chunks_bksh = write(k_chunks_bksh, k_b1kh)
+        v_chunks_bksh = write(v_chunks_bksh, v_b1kh)
+        dt = q_b1nh.dtype
+        # [b, 1, heads, hd] has heads = kv * group in kv-major order (the grouping HF and
+        # `jax.nn.dot_product_attention` use), so this reshape is free too.
+        out_bkgh = attend_decode(
+            q_b1nh.reshape(b, kv, cfg.num_heads // kv, hd),
+            [c.astype(dt) for c in k_chunks_bksh],
+            [c.astype(dt) for c in v_chunks_bksh],
+            valid_chunks_bs,
+        )
+        out_b1d = self._out(out_bkgh.reshape(b, 1, cfg.num_heads, hd))
+        return out_b1d, k_chunks_bksh, v_chunks_bksh
 
 
 class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up))."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d, f, dt = cfg.embed_dim, cfg.mlp_dim, cfg.weight_dtype
@@ -242,10 +362,11 @@ class MLP(nnx.Module):
         self.down_proj = _param(rngs, (f, d), ("mlp", "embed"), dt)
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
+        """[batch, time, embed] -> [batch, time, embed]."""
         dt = self.cfg.compute_dtype
-        gate = x_btd @ self.gate_proj[...].astype(dt)
-        up = x_btd @ self.up_proj[...].astype(dt)
-        hidden_btf = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        gate_btf = x_btd @ self.gate_proj[...].astype(dt)
+        up_btf = x_btd @ self.up_proj[...].astype(dt)
+        hidden_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "mlp"))
         return hidden_btf @ self.down_proj[...].astype(dt)
 
 
@@ -258,10 +379,19 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_btd, positions_bt, inv_freq, **attn_kwargs):
-        attn_out, new_cache = self.attn(
-            self.input_norm(x_btd), positions_bt, inv_freq, **attn_kwargs
+    def __call__(self, x_btd, positions_bt, rope, **attn_kwargs):
+        """x [batch, time, embed] -> (x, keys/values); arguments as `Attention.__call__`."""
+        attn_btd, new_cache = self.attn(self.input_norm(x_btd), positions_bt, rope, **attn_kwargs)
+        return self._mlp_residual(x_btd + attn_btd), new_cache
+
+    def decode(self, x_b1d, rope, k_chunks_bksh, v_chunks_bksh, valid_chunks_bs, **write):
+        """One decode step: x [batch, 1, embed] -> (x, k chunks, v chunks); see
+        `Attention.decode`."""
+        attn_b1d, k_chunks_bksh, v_chunks_bksh = self.attn.decode(
+            self.input_norm(x_b1d), rope, k_chunks_bksh, v_chunks_bksh, valid_chunks_bs, **write
         )
-        x_btd = x_btd + attn_out
+        return self._mlp_residual(x_b1d + attn_b1d), k_chunks_bksh, v_chunks_bksh
+
+    def _mlp_residual(self, x_btd):
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
-        return constrain(x_btd, ("batch", "length", "act_embed")), new_cache
+        return constrain(x_btd, ("batch", "length", "act_embed"))

@@ -7,6 +7,7 @@ not grow with depth. The hot path is functional: split once with `nnx.split(mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -14,7 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zero_rl.models.config import ModelConfig
-from zero_rl.models.layers import Block, RMSNorm, _param, rope_inv_frequencies
+from zero_rl.models.layers import (
+    Block,
+    RMSNorm,
+    _param,
+    attention_mask,
+    rope_cos_sin,
+    rope_inv_frequencies,
+)
 from zero_rl.sharding import constrain
 
 _REMAT_POLICIES = {
@@ -34,6 +42,9 @@ class KVCache(NamedTuple):
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+        """A cache of `length` empty slots per row: zero keys/values
+        [layers, batch, length, kv_heads, head_dim] in `dtype` (default: the compute dtype) and
+        positions [batch, length] of -1."""
         shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
         dtype = dtype or cfg.compute_dtype
         return cls(
@@ -45,8 +56,26 @@ class KVCache(NamedTuple):
     LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 
 
+class DecodeCache(NamedTuple):
+    """The KV cache as the sampler's decode loop holds it: for each layer, for each chunk of
+    slots, keys and values [batch, kv_heads, slots, head_dim]; for each chunk, the position held
+    by each slot [batch, slots] (-1 for an empty or padding slot).
+
+    One array per layer and per chunk, in the layout the decode matmuls read (batch and kv head
+    leading), so a decode step reads the slots where they lie. The chunks let a decode step
+    attend over the filled part of the cache only (the sampler's decode segments) with no copy.
+    """
+
+    k: tuple[tuple[jax.Array, ...], ...]
+    v: tuple[tuple[jax.Array, ...], ...]
+    pos: tuple[jax.Array, ...]
+
+    LOGICAL_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+
+
 def positions_from_mask(valid_bt: jax.Array) -> jax.Array:
-    """Positions 0, 1, ... over the valid tokens of each row, -1 on padding (left or right)."""
+    """Positions [batch, time] int32: 0, 1, ... over the valid (nonzero) entries of
+    `valid_bt` [batch, time] in each row, -1 on padding (left or right)."""
     valid = valid_bt.astype(jnp.int32)
     return jnp.where(valid > 0, jnp.cumsum(valid, axis=-1) - 1, -1)
 
@@ -118,66 +147,151 @@ class Transformer(nnx.Module):
         *,
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
-        attend_len: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [batch, time, embed] and the updated cache (if given).
 
-        `attend_len` (static, with a cache): attend over the first that many cache slots only,
-        the caller promising that later slots are empty (the sampler's decode, which fills the
-        cache in order, reads less of it early on)."""
+        tokens_bt, positions_bt, segment_ids_bt: [batch, time] (positions default to 0, 1, ...;
+        -1 marks padding). With a cache, this call's tokens fill slots
+        [cache_index, cache_index + time) and attend over the whole cache; segment ids cannot be
+        combined with a cache.
+        """
         cfg = self.cfg
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-        x = self.embed[...][tokens_bt].astype(cfg.compute_dtype)
-        x = constrain(x, ("batch", "length", "act_embed"))
-        inv_freq = rope_inv_frequencies(cfg)
+        x_btd = self._embed(tokens_bt)
+        if cache is None:
+            x_btd = self._trunk(self.layers, x_btd, positions_bt, segment_ids_bt)
+            return self.final_norm(x_btd), None
+        rope = rope_cos_sin(positions_bt, rope_inv_frequencies(cfg))
         graphdef, layer_params = nnx.split(self.layers)
+        pos_bs = jax.lax.dynamic_update_slice_in_dim(
+            cache.pos_bs, positions_bt.astype(jnp.int32), cache_index, 1
+        )
 
-        if cache is not None:
-            pos_bs = jax.lax.dynamic_update_slice_in_dim(
-                cache.pos_bs, positions_bt.astype(jnp.int32), cache_index, 1
-            )
-
-            def body(carry, layer_state):
-                x, k_all, v_all, layer = carry
-                block = nnx.merge(graphdef, layer_state)
-                x, (k_all, v_all) = block(
-                    x,
-                    positions_bt,
-                    inv_freq,
-                    cache=(k_all, v_all, pos_bs),
-                    cache_index=cache_index,
-                    layer=layer,
-                    attend_len=attend_len,
-                )
-                return (x, k_all, v_all, layer + 1), None
-
-            (x, k_all, v_all, _), _ = jax.lax.scan(
-                body, (x, cache.k, cache.v, jnp.int32(0)), layer_params
-            )
-            new_cache = KVCache(k_all, v_all, pos_bs)
-        else:
-            x = self._trunk(self.layers, x, positions_bt, segment_ids_bt)
-            new_cache = None
-        return self.final_norm(x), new_cache
-
-    def _trunk(self, layers, x_btd, positions_bt, segment_ids_bt):
-        """The stacked blocks over a whole sequence (no cache), scanned, with remat."""
-        graphdef, layer_params = nnx.split(layers)
-        inv_freq = rope_inv_frequencies(self.cfg)
-
-        def body(x, layer_state):
+        def body(carry, layer_state):
+            x_btd, k_lbskh, v_lbskh, layer = carry
             block = nnx.merge(graphdef, layer_state)
-            x, _ = block(x, positions_bt, inv_freq, segment_ids_bt=segment_ids_bt)
-            return x, None
+            x_btd, (k_lbskh, v_lbskh) = block(
+                x_btd,
+                positions_bt,
+                rope,
+                segment_ids_bt=segment_ids_bt,
+                cache=(k_lbskh, v_lbskh, pos_bs),
+                cache_index=cache_index,
+                layer=layer,
+            )
+            return (x_btd, k_lbskh, v_lbskh, layer + 1), None
+
+        (x_btd, k_lbskh, v_lbskh, _), _ = jax.lax.scan(
+            body, (x_btd, cache.k, cache.v, jnp.int32(0)), layer_params
+        )
+        return self.final_norm(x_btd), KVCache(k_lbskh, v_lbskh, pos_bs)
+
+    def prefill(
+        self, tokens_bt: jax.Array, positions_bt: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The prompt's forward pass, keeping its keys and values.
+
+        tokens_bt, positions_bt: [batch, time]. Returns the final-norm hidden states
+        [batch, time, embed] and every layer's keys and values
+        [layers, batch, time, kv_heads, head_dim] (rotary embedding applied to the keys).
+        """
+        x_btd = self._embed(tokens_bt)
+        return self._trunk(self.layers, x_btd, positions_bt, None, keep_kv=True)
+
+    def _embed(self, tokens_bt):
+        x_btd = self.embed[...][tokens_bt].astype(self.cfg.compute_dtype)
+        return constrain(x_btd, ("batch", "length", "act_embed"))
+
+    def _trunk(self, layers, x_btd, positions_bt, segment_ids_bt, *, keep_kv: bool = False):
+        """The stacked blocks over a whole sequence (no cache), scanned, with remat.
+
+        Returns x [batch, time, embed], or with `keep_kv` (final norm applied) also every
+        layer's keys and values [layers, batch, time, kv_heads, head_dim]."""
+        graphdef, layer_params = nnx.split(layers)
+        # RoPE's cos/sin depend on positions only: computed once, not once per layer.
+        rope = rope_cos_sin(positions_bt, rope_inv_frequencies(self.cfg))
+
+        def body(x_btd, layer_state):
+            block = nnx.merge(graphdef, layer_state)
+            x_btd, kv = block(x_btd, positions_bt, rope, segment_ids_bt=segment_ids_bt)
+            return x_btd, (kv if keep_kv else None)
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        return jax.lax.scan(body, x_btd, layer_params)[0]
+        x_btd, kv = jax.lax.scan(body, x_btd, layer_params)
+        if keep_kv:
+            return self.final_norm(x_btd), *kv
+        return x_btd
+
+    def decode_blocks(self) -> tuple[Block, ...]:
+        """The decoder blocks as separate modules, one per layer, for `decode_step`.
+
+        Call once per decode loop, outside it: the per-layer weights are then sliced out of the
+        stacked arrays once, not in every step (XLA:CPU copies a slice that feeds a matmul).
+        """
+        graphdef, state = nnx.split(self.layers)
+        return tuple(
+            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
+            for i in range(self.cfg.num_layers)
+        )
+
+    def decode_step(
+        self,
+        blocks: Sequence[Block],
+        tokens_b: jax.Array,
+        positions_b: jax.Array,
+        cache: DecodeCache,
+        *,
+        read_chunks: int,
+        write_chunk: int,
+        write_index: jax.Array | int,
+    ) -> tuple[jax.Array, DecodeCache]:
+        """One token per row through the model: logits [batch, vocab] (float32) and the cache.
+
+        tokens_b, positions_b: [batch] (position -1: a row that is done, whose output is unused
+        and whose slot stays empty). The token's keys, values and position go into slot
+        `write_index` of chunk `write_chunk` (< read_chunks, an empty slot); it then attends over
+        chunks [0, read_chunks) of the cache. `blocks` is `decode_blocks()`. The layer
+        loop is unrolled: each layer reads its own weight and cache arrays in place.
+        """
+        cfg = self.cfg
+        x_b1d = self._embed(tokens_b[:, None])
+        pos_b1 = positions_b[:, None].astype(jnp.int32)
+        rope = rope_cos_sin(pos_b1, rope_inv_frequencies(cfg))
+        pos = list(cache.pos)
+        pos[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
+            pos[write_chunk], pos_b1, write_index, axis=1
+        )
+        # The masks depend on positions only: built once per step, shared by every layer.
+        valid_chunks_bs = [
+            attention_mask(pos_b1, p_bs, sliding_window=cfg.sliding_window)[:, 0, 0]
+            for p_bs in pos[:read_chunks]
+        ]
+        k_layers, v_layers = [], []
+        for block, k_chunks, v_chunks in zip(blocks, cache.k, cache.v, strict=True):
+            x_b1d, k_read, v_read = block.decode(
+                x_b1d, rope, k_chunks[:read_chunks], v_chunks[:read_chunks], valid_chunks_bs,
+                write_chunk=write_chunk, write_index=write_index,
+            )  # fmt: skip
+            k_layers.append(k_read + k_chunks[read_chunks:])
+            v_layers.append(v_read + v_chunks[read_chunks:])
+        logits_bv = self.logits(self.final_norm(x_b1d))[:, 0]
+        return logits_bv, DecodeCache(tuple(k_layers), tuple(v_layers), tuple(pos))
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
-        logits = hidden_btd @ self.head_weight().astype(hidden_btd.dtype)
-        return constrain(logits, ("batch", "length", "vocab"))
+        """Logits [batch, time, vocab] float32 of hidden states [batch, time, embed].
+
+        The matmul runs in the hidden states' dtype and accumulates in float32, so bf16 compute
+        rounds the logits once less; a tied embedding is contracted on its embed axis directly
+        (no transposed copy of the table).
+        """
+        weight = self.embed[...] if self.cfg.tie_embeddings else self.lm_head[...]
+        spec = "btd,vd->btv" if self.cfg.tie_embeddings else "btd,dv->btv"
+        logits_btv = jnp.einsum(
+            spec, hidden_btd, weight.astype(hidden_btd.dtype), preferred_element_type=jnp.float32
+        )
+        return constrain(logits_btv, ("batch", "length", "vocab"))
 
     def __call__(
         self,
@@ -188,12 +302,13 @@ class Transformer(nnx.Module):
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
     ):
-        """Logits [batch, time, vocab] (float32); with a cache, returns (logits, new cache)."""
-        hidden, new_cache = self.hidden_states(
+        """Logits [batch, time, vocab] (float32) of tokens [batch, time]; with a cache, returns
+        (logits, new cache). Arguments as `hidden_states`."""
+        hidden_btd, new_cache = self.hidden_states(
             tokens_bt, positions_bt, segment_ids_bt, cache=cache, cache_index=cache_index
         )
-        logits = self.logits(hidden).astype(jnp.float32)
-        return logits if cache is None else (logits, new_cache)
+        logits_btv = self.logits(hidden_btd)
+        return logits_btv if cache is None else (logits_btv, new_cache)
 
 
 def logprobs_from_hidden(
@@ -222,7 +337,10 @@ def logprobs_from_hidden(
     @jax.checkpoint
     def one_chunk(args):
         h_bcd, y_bc = args
-        logits = (h_bcd @ head_weight_dv.astype(h_bcd.dtype)).astype(jnp.float32)
+        logits = jnp.einsum(
+            "bcd,dv->bcv", h_bcd, head_weight_dv.astype(h_bcd.dtype),
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
         logz = jax.nn.logsumexp(logits, axis=-1)
         logp = jnp.take_along_axis(logits, y_bc[..., None], axis=-1)[..., 0] - logz
         if not with_entropy:
