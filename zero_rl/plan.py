@@ -34,9 +34,9 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 from zero_rl import sampler, sharding
 from zero_rl.models import KVCache, ModelConfig, abstract_params
 from zero_rl.train import config as config_lib
-from zero_rl.train.loop import TINY_TOKENIZER, update_options
 from zero_rl.train.optim import make_optimizer, sharded_init
 from zero_rl.train.rl_step import Rollout, UpdateOptions, rollout_logprobs, update
+from zero_rl.train.run import update_options
 
 GB = 1e9  # device memory is quoted in GB (1e9 bytes) by the TPU and GPU spec sheets
 
@@ -175,7 +175,7 @@ def _model_config(config: ml_collections.ConfigDict):
     if not m.preset and "vocab_size" not in m.dims:
         from zero_rl.tokenizer import load_tokenizer  # noqa: PLC0415 - custom models only
 
-        vocab_size = load_tokenizer(config.tokenizer.path or m.hf_path or TINY_TOKENIZER).vocab_size
+        vocab_size = load_tokenizer(config_lib.tokenizer_path(config)).vocab_size
     return config_lib.model_config(config, vocab_size)
 
 
@@ -257,6 +257,18 @@ def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str
         "kv_cache": 2 * per_device_bytes(cache) + per_device_bytes(rows_bt),
         "rollout": per_device_bytes(arrays.rollout),
     }
+
+
+def _sharded_by_logical_axes(cache, mesh, rules) -> bool:
+    """Whether every key and value array of the sampler's cache is laid out as its logical
+    axes and the rules say (XLA may pick another layout for an unconstrained output)."""
+    arrays = jax.tree.leaves((cache.k, cache.v))
+    return all(
+        x.sharding.is_equivalent_to(
+            sharding.named_sharding(type(cache).LOGICAL_AXES, x.shape, mesh, rules), x.ndim
+        )
+        for x in arrays
+    )
 
 
 def plan(
@@ -354,8 +366,9 @@ def plan(
             name: dataclasses.asdict(mem) | {"peak": peaks[name]} | timings[name]
             for name, mem in memory.items()
         },
-        # Where prefill put the KV cache it hands to decode: [layers, batch, length, kv, dim].
-        "kv_cache_spec": spec_json(cache.k.sharding.spec),
+        # Where prefill put the keys and values it hands to decode (the cache's own layout).
+        "kv_cache_spec": spec_json(jax.tree.leaves(cache.k)[0].sharding.spec),
+        "kv_cache_sharded_as_planned": _sharded_by_logical_axes(cache, mesh, rules),
         "compile_s": round(sum(t["lower_s"] + t["compile_s"] for t in timings.values()), 2),
         "compile_cpu_s": round(sum(t["cpu_s"] for t in timings.values()), 2),
         "peak_program": peak_program,
