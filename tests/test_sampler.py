@@ -42,8 +42,15 @@ def _greedy_reference(model, prompt, n):
     return seq[len(prompt) :]
 
 
+@pytest.fixture(params=["unrolled", "scanned"])
+def layer_loop(request, monkeypatch):
+    """The decode's layer loop both ways: unrolled (what CPU runs) and scanned (accelerators)."""
+    monkeypatch.setattr(sampler, "_unroll_layers", lambda params: request.param == "unrolled")
+    return request.param
+
+
 @pytest.mark.parametrize("window,segments", [(None, 1), (4, 1), (4, 3)])
-def test_greedy_equals_stepwise_argmax_of_full_forward(window, segments):
+def test_greedy_equals_stepwise_argmax_of_full_forward(window, segments, layer_loop):
     model = create_model(CFG.replace(sliding_window=window), seed=1)
     out = sampler.generate(model, PROMPTS, max_new_tokens=7, temperature=0,
                            prompt_buckets=BUCKETS, decode_segments=segments)  # fmt: skip
@@ -53,7 +60,7 @@ def test_greedy_equals_stepwise_argmax_of_full_forward(window, segments):
     assert out.finish_reasons() == ["length"] * len(PROMPTS)
 
 
-def test_logprobs_equal_teacher_forced_training_logprobs(model):
+def test_logprobs_equal_teacher_forced_training_logprobs(model, layer_loop):
     out = sampler.generate(
         model,
         PROMPTS,

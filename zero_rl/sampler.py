@@ -58,6 +58,8 @@ class _Static:
     pad_id: int
     cache_dtype: str | None
     decode_segments: int = 1
+    # See `Transformer.decode_groups`: unrolled on CPU, scanned elsewhere.
+    unroll_layers: bool = False
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
@@ -158,20 +160,26 @@ def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
     def repeat(x, axis=0):
         return jnp.repeat(x, g, axis=axis) if g > 1 else x
 
-    def chunks(kv_lbtkh, layer):
-        prompt_bkth = repeat(kv_lbtkh[layer].astype(cache_dtype).transpose(0, 2, 1, 3))
-        shape = (rows, cfg.num_kv_heads, 0, cfg.head_dim)
-        empty = [jnp.zeros(shape[:2] + (end - start,) + shape[3:], cache_dtype)
-                 for start, end in _segment_bounds(static)]  # fmt: skip
-        return tuple(constrain(c, DecodeCache.LOGICAL_AXES) for c in [prompt_bkth, *empty])
+    bounds = _segment_bounds(static)
+    # Layer groups as `decode_groups` makes them: one per layer, or one of all layers.
+    layers = cfg.num_layers
+    groups = [(i, i + 1) for i in range(layers)] if static.unroll_layers else [(0, layers)]
 
-    layers = range(cfg.num_layers)
+    def chunks(kv_lbtkh, start, end):  # [layers, rows, time, kv, hd] -> [l, rows, kv, slots, hd]
+        prompt_lbkth = repeat(kv_lbtkh[start:end].astype(cache_dtype).transpose(0, 1, 3, 2, 4), 1)
+        l_, _, kv, _, hd = prompt_lbkth.shape
+        empty = [jnp.zeros((l_, rows, kv, e - s, hd), cache_dtype) for s, e in bounds]
+        out = [prompt_lbkth, *empty]
+        if static.unroll_layers:  # a group of one layer holds [rows, kv, slots, hd]
+            return tuple(constrain(c[0], DecodeCache.LAYER_AXES) for c in out)
+        return tuple(constrain(c, DecodeCache.LOGICAL_AXES) for c in out)
+
     pos = [repeat(positions_bt.astype(jnp.int32))] + [
-        jnp.full((rows, end - start), -1, jnp.int32) for start, end in _segment_bounds(static)
+        jnp.full((rows, end - start), -1, jnp.int32) for start, end in bounds
     ]
     cache = DecodeCache(
-        tuple(chunks(k_lbtkh, i) for i in layers),
-        tuple(chunks(v_lbtkh, i) for i in layers),
+        tuple(chunks(k_lbtkh, *g) for g in groups),
+        tuple(chunks(v_lbtkh, *g) for g in groups),
         tuple(constrain(p, ("batch", "cache_length")) for p in pos),
     )
     empty_b = jnp.all(positions_bt < 0, axis=1)
@@ -185,7 +193,7 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
     Rows with next_pos_b < 0 (empty rows that pad the batch) are done from the start.
     """
     model = _compute_dtype_model(graphdef, params)
-    blocks = model.decode_blocks()
+    groups = model.decode_groups(static.unroll_layers)
     rows = logits_bv.shape[0]
     n = static.max_new_tokens
     stop_ids = jnp.asarray(static.stop_token_ids or (-1,), jnp.int32)
@@ -217,7 +225,7 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         # which no query attends to.
         pos_b = jnp.where(done_b, -1, next_pos_b + step)
         logits_bv, cache = model.decode_step(
-            blocks,
+            groups,
             token_b,
             pos_b,
             cache,
@@ -409,6 +417,7 @@ def generate_padded(
         pad_id=int(pad_id),
         cache_dtype=cache_dtype,
         decode_segments=int(decode_segments),
+        unroll_layers=_unroll_layers(params),
     )
     if decode_segments < 1:
         raise ValueError(f"decode_segments must be >= 1, got {decode_segments}")
@@ -434,6 +443,16 @@ def generate_padded(
         ]
         return _merge_calls(outs, num_samples)
     return _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static)
+
+
+def _unroll_layers(params) -> bool:
+    """Whether the decode unrolls its layer loop: on CPU, where a scanned step copies each
+    layer's weights (see `Transformer.decode_groups`). On accelerators the scan keeps the weights
+    in place, the memory plan tight and compile time independent of depth."""
+    leaf = jax.tree.leaves(params)[0]
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+        return all(d.platform == "cpu" for d in leaf.devices())
+    return jax.default_backend() == "cpu"
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -7,7 +7,8 @@ weights with bf16 matmuls need no second copy of the model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -308,47 +309,35 @@ class Attention(nnx.Module):
         self,
         x_b1d: jax.Array,
         rope: tuple[jax.Array, jax.Array],
-        k_chunks_bksh: Sequence[jax.Array],
-        v_chunks_bksh: Sequence[jax.Array],
         valid_chunks_bs: Sequence[jax.Array],
-        *,
-        write_chunk: int,
-        write_index: jax.Array | int,
-    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-        """One decode step of x [batch, 1, embed] over a cache held in chunks.
+        store: Callable[[jax.Array, jax.Array], tuple[Sequence, Sequence, Any]],
+    ) -> tuple[jax.Array, Any]:
+        """One decode step of x [batch, 1, embed] over a KV cache held in chunks.
 
-        The new token's key and value go into slot `write_index` of chunk `write_chunk` first;
-        the query then attends over all the chunks given (see `attend_decode`; the masks must
-        already allow the new slot). Writing before reading lets XLA update the chunk in place:
-        were the read of the old chunk unordered with the write, it would copy the chunk.
-        Returns the attention output [batch, 1, embed] and the updated chunks.
+        `store(k_bk1h, v_bk1h)` puts the new token's key and value [batch, kv_heads, 1,
+        head_dim] into the cache and returns the key chunks and value chunks to attend over
+        ([batch, kv_heads, slots, head_dim] each, `valid_chunks_bs` saying which slots) and the
+        caller's updated cache, which this returns with the output [batch, 1, embed]. Writing
+        before reading lets XLA update the cache in place: a read of the old chunk unordered
+        with the write would make it copy the chunk.
         """
         cfg = self.cfg
         b, kv, hd = x_b1d.shape[0], cfg.num_kv_heads, cfg.head_dim
         q_b1nh, k_b1kh, v_b1kh = self._qkv(x_b1d, rope)
-
-        def write(chunks_bksh, new_b1kh):
-            chunks = list(chunks_bksh)
-            # [b, 1, kv, hd] -> [b, kv, 1, hd]: a free reshape with one time step.
-            new_bk1h = new_b1kh.reshape(b, kv, 1, hd).astype(chunks[write_chunk].dtype)
-            chunks[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
-                chunks[write_chunk], new_bk1h, write_index, axis=2
-            )
-            return tuple(chunks)
-
-        k_chunks_bksh = write(k_chunks_bksh, k_b1kh)
-        v_chunks_bksh = write(v_chunks_bksh, v_b1kh)
+        # [b, 1, kv, hd] -> [b, kv, 1, hd] is a free reshape with one time step; so is
+        # [b, 1, heads, hd] -> [b, kv, group, hd], heads being kv * group in kv-major order
+        # (the grouping of HF and `jax.nn.dot_product_attention`).
+        k_chunks, v_chunks, cache = store(
+            k_b1kh.reshape(b, kv, 1, hd), v_b1kh.reshape(b, kv, 1, hd)
+        )
         dt = q_b1nh.dtype
-        # [b, 1, heads, hd] has heads = kv * group in kv-major order (the grouping HF and
-        # `jax.nn.dot_product_attention` use), so this reshape is free too.
         out_bkgh = attend_decode(
             q_b1nh.reshape(b, kv, cfg.num_heads // kv, hd),
-            [c.astype(dt) for c in k_chunks_bksh],
-            [c.astype(dt) for c in v_chunks_bksh],
+            [c.astype(dt) for c in k_chunks],
+            [c.astype(dt) for c in v_chunks],
             valid_chunks_bs,
         )
-        out_b1d = self._out(out_bkgh.reshape(b, 1, cfg.num_heads, hd))
-        return out_b1d, k_chunks_bksh, v_chunks_bksh
+        return self._out(out_bkgh.reshape(b, 1, cfg.num_heads, hd)), cache
 
 
 class MLP(nnx.Module):
@@ -384,13 +373,10 @@ class Block(nnx.Module):
         attn_btd, new_cache = self.attn(self.input_norm(x_btd), positions_bt, rope, **attn_kwargs)
         return self._mlp_residual(x_btd + attn_btd), new_cache
 
-    def decode(self, x_b1d, rope, k_chunks_bksh, v_chunks_bksh, valid_chunks_bs, **write):
-        """One decode step: x [batch, 1, embed] -> (x, k chunks, v chunks); see
-        `Attention.decode`."""
-        attn_b1d, k_chunks_bksh, v_chunks_bksh = self.attn.decode(
-            self.input_norm(x_b1d), rope, k_chunks_bksh, v_chunks_bksh, valid_chunks_bs, **write
-        )
-        return self._mlp_residual(x_b1d + attn_b1d), k_chunks_bksh, v_chunks_bksh
+    def decode(self, x_b1d, rope, valid_chunks_bs, store):
+        """One decode step: x [batch, 1, embed] -> (x, cache); see `Attention.decode`."""
+        attn_b1d, cache = self.attn.decode(self.input_norm(x_b1d), rope, valid_chunks_bs, store)
+        return self._mlp_residual(x_b1d + attn_b1d), cache
 
     def _mlp_residual(self, x_btd):
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))

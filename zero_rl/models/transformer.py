@@ -7,6 +7,7 @@ not grow with depth. The hot path is functional: split once with `nnx.split(mode
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -57,20 +58,24 @@ class KVCache(NamedTuple):
 
 
 class DecodeCache(NamedTuple):
-    """The KV cache as the sampler's decode loop holds it: for each layer, for each chunk of
-    slots, keys and values [batch, kv_heads, slots, head_dim]; for each chunk, the position held
-    by each slot [batch, slots] (-1 for an empty or padding slot).
+    """The KV cache as the sampler's decode loop holds it, in groups of layers and chunks of
+    slots: `k[group][chunk]` and `v[group][chunk]` are [batch, kv_heads, slots, head_dim] for a
+    group of one layer (unrolled) and [layers, batch, kv_heads, slots, head_dim] for a group of
+    all layers (scanned); `pos[chunk]` [batch, slots] is the position held by each slot (-1 for
+    an empty or padding slot).
 
-    One array per layer and per chunk, in the layout the decode matmuls read (batch and kv head
-    leading), so a decode step reads the slots where they lie. The chunks let a decode step
-    attend over the filled part of the cache only (the sampler's decode segments) with no copy.
+    Batch and kv head lead, the layout the decode matmuls read, so a step reads the slots where
+    they lie. The chunks let a step attend over the filled part of the cache only (the
+    sampler's decode segments) without copying it. See `Transformer.decode_groups` for the
+    layer groups.
     """
 
     k: tuple[tuple[jax.Array, ...], ...]
     v: tuple[tuple[jax.Array, ...], ...]
     pos: tuple[jax.Array, ...]
 
-    LOGICAL_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+    LOGICAL_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+    LAYER_AXES = LOGICAL_AXES[1:]  # the arrays of a group of one layer
 
 
 def positions_from_mask(valid_bt: jax.Array) -> jax.Array:
@@ -224,21 +229,27 @@ class Transformer(nnx.Module):
             return self.final_norm(x_btd), *kv
         return x_btd
 
-    def decode_blocks(self) -> tuple[Block, ...]:
-        """The decoder blocks as separate modules, one per layer, for `decode_step`.
+    def decode_groups(self, unroll: bool) -> tuple[Block, ...]:
+        """The decoder blocks in the layer groups of a `DecodeCache`, for `decode_step`.
 
-        Call once per decode loop, outside it: the per-layer weights are then sliced out of the
-        stacked arrays once, not in every step (XLA:CPU copies a slice that feeds a matmul).
+        unroll=False: one group, the stacked blocks themselves, scanned over in each decode
+        step (no copy of any weight; the program's size does not grow with depth). unroll=True:
+        one group per layer, each a copy of that layer's weights made here, once per decode
+        loop: XLA:CPU copies a layer's weights out of the stacked arrays in every scanned step
+        (a slice that feeds a matmul), which at the 20M-parameter CPU benchmark more than
+        doubled the bytes a step moves. The copies cost one more set of block weights in memory.
         """
+        if not unroll:
+            return (self.layers,)
         graphdef, state = nnx.split(self.layers)
         return tuple(
-            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
+            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i : i + 1], state))
             for i in range(self.cfg.num_layers)
         )
 
     def decode_step(
         self,
-        blocks: Sequence[Block],
+        groups: Sequence[Block],
         tokens_b: jax.Array,
         positions_b: jax.Array,
         cache: DecodeCache,
@@ -252,8 +263,8 @@ class Transformer(nnx.Module):
         tokens_b, positions_b: [batch] (position -1: a row that is done, whose output is unused
         and whose slot stays empty). The token's keys, values and position go into slot
         `write_index` of chunk `write_chunk` (< read_chunks, an empty slot); it then attends over
-        chunks [0, read_chunks) of the cache. `blocks` is `decode_blocks()`. The layer
-        loop is unrolled: each layer reads its own weight and cache arrays in place.
+        chunks [0, read_chunks) of the cache. `groups` is `decode_groups(...)`, matching the
+        cache's layer groups.
         """
         cfg = self.cfg
         x_b1d = self._embed(tokens_b[:, None])
@@ -268,16 +279,55 @@ class Transformer(nnx.Module):
             attention_mask(pos_b1, p_bs, sliding_window=cfg.sliding_window)[:, 0, 0]
             for p_bs in pos[:read_chunks]
         ]
-        k_layers, v_layers = [], []
-        for block, k_chunks, v_chunks in zip(blocks, cache.k, cache.v, strict=True):
-            x_b1d, k_read, v_read = block.decode(
-                x_b1d, rope, k_chunks[:read_chunks], v_chunks[:read_chunks], valid_chunks_bs,
-                write_chunk=write_chunk, write_index=write_index,
-            )  # fmt: skip
-            k_layers.append(k_read + k_chunks[read_chunks:])
-            v_layers.append(v_read + v_chunks[read_chunks:])
+
+        def layer(carry, layer_state, graphdef):
+            x_b1d, k_chunks, v_chunks, i = carry
+
+            def store(k_bk1h, v_bk1h):  # write slot (i, write_index), then read layer i
+                def write(chunks, new_bk1h):
+                    chunks, c = list(chunks), chunks[write_chunk]
+                    if i is None:  # one layer's [batch, kv, slots, hd]
+                        new, start = new_bk1h, (0, 0, write_index, 0)
+                    else:
+                        new, start = new_bk1h[None], (i, 0, 0, write_index, 0)
+                    chunks[write_chunk] = jax.lax.dynamic_update_slice(
+                        c, new.astype(c.dtype), start
+                    )
+                    return tuple(chunks)
+
+                def read(chunks):
+                    if i is None:
+                        return chunks[:read_chunks]
+                    return [jax.lax.dynamic_index_in_dim(c, i, keepdims=False)
+                            for c in chunks[:read_chunks]]  # fmt: skip
+
+                k_new, v_new = write(k_chunks, k_bk1h), write(v_chunks, v_bk1h)
+                # Without the barrier XLA:CPU, which runs bf16 matmuls in float32, rewrites
+                # convert(read(update(cache))) into an update of a float32 copy of the cache
+                # (all layers' when scanned, in every layer: +19 GB per device in the
+                # Qwen2.5-7B 8K plan).
+                k_new, v_new = jax.lax.optimization_barrier((k_new, v_new))
+                return read(k_new), read(v_new), (k_new, v_new)
+
+            block = nnx.merge(graphdef, layer_state)
+            x_b1d, (k_chunks, v_chunks) = block.decode(x_b1d, rope, valid_chunks_bs, store)
+            return (x_b1d, k_chunks, v_chunks, None if i is None else i + 1), None
+
+        k_groups, v_groups = [], []
+        for group, k_chunks, v_chunks in zip(groups, cache.k, cache.v, strict=True):
+            graphdef, state = nnx.split(group)
+            if k_chunks[0].ndim == 4:  # one layer, unrolled
+                carry = (x_b1d, k_chunks, v_chunks, None)
+                carry, _ = layer(carry, jax.tree.map(lambda w: w[0], state), graphdef)
+            else:
+                carry = (x_b1d, k_chunks, v_chunks, jnp.int32(0))
+                body = functools.partial(layer, graphdef=graphdef)
+                carry, _ = jax.lax.scan(body, carry, state)
+            x_b1d, k_chunks, v_chunks, _ = carry
+            k_groups.append(k_chunks)
+            v_groups.append(v_chunks)
         logits_bv = self.logits(self.final_norm(x_b1d))[:, 0]
-        return logits_bv, DecodeCache(tuple(k_layers), tuple(v_layers), tuple(pos))
+        return logits_bv, DecodeCache(tuple(k_groups), tuple(v_groups), tuple(pos))
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         """Logits [batch, time, vocab] float32 of hidden states [batch, time, embed].
