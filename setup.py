@@ -32,6 +32,7 @@ EXTRAS = {
     "test": [
         "seqio>=0.0.19,<0.1",
         "pytest>=8",
+        "pytest-xdist>=3.6,<4",
         "ruff>=0.15,<0.18",
         "torch==2.13.0",
         "transformers>=4.50,<6",

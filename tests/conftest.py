@@ -1,6 +1,9 @@
 """Test set-up: CPU only, with 8 fake devices so that sharding is exercised."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must be set before jax is imported anywhere.
 # The collective timeouts are raised because 8 device threads share 2 cores: under load a
@@ -14,3 +17,27 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# XLA's persistent compilation cache, one fresh directory per test session: many tests compile
+# the same small programs from new function objects, and the launch scripts the tests start as
+# subprocesses (which inherit this environment) compile what earlier runs compiled. Pytest-xdist
+# workers inherit the controller's directory.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE_DIR = tempfile.mkdtemp(prefix="zero-rl-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE_DIR
+    atexit.register(shutil.rmtree, _XLA_CACHE_DIR, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# Modules of a minute or more start first: pytest-xdist's workers take whole modules
+# (`--dist loadfile`), and a long module picked up last would leave the other workers idle.
+_LONG_MODULES = ["test_train_loop", "test_plan", "test_multihost", "test_notebooks",
+                 "test_sampler", "test_bench_smoke", "test_sft", "test_train_step"]  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        stem = item.path.stem
+        return _LONG_MODULES.index(stem) if stem in _LONG_MODULES else len(_LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module is kept

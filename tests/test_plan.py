@@ -149,7 +149,10 @@ CLI_RUNS = {
 def cli_reports() -> dict[str, dict]:
     """launch/plan.py's JSON for each of CLI_RUNS, run in parallel (one process each, since
     each needs its own number of simulated devices)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # No compilation cache: the planner reports the compile time of each program.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    }
     procs = {
         name: subprocess.Popen(
             [sys.executable, os.path.join(_REPO, "launch", "plan.py"), *args],

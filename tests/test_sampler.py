@@ -49,7 +49,12 @@ def layer_loop(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("window,segments", [(None, 1), (4, 1), (4, 3)])
+# The scanned loop on the case that has it all (a window and segments); its own test below.
+@pytest.mark.parametrize(
+    "window,segments,layer_loop",
+    [(None, 1, "unrolled"), (4, 1, "unrolled"), (4, 3, "unrolled"), (4, 3, "scanned")],
+    indirect=["layer_loop"],
+)
 def test_greedy_equals_stepwise_argmax_of_full_forward(window, segments, layer_loop):
     model = create_model(CFG.replace(sliding_window=window), seed=1)
     out = sampler.generate(model, PROMPTS, max_new_tokens=7, temperature=0,
