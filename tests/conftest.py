@@ -21,13 +21,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # XLA's persistent compilation cache, one fresh directory per test session: many tests compile
 # the same small programs from new function objects, and the launch scripts the tests start as
 # subprocesses (which inherit this environment) compile what earlier runs compiled. Pytest-xdist
-# workers inherit the controller's directory.
+# workers inherit the controller's directory. A cache of the user's own is used as it is.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _XLA_CACHE_DIR = tempfile.mkdtemp(prefix="zero-rl-tests-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE_DIR
     atexit.register(shutil.rmtree, _XLA_CACHE_DIR, ignore_errors=True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 # Modules of a minute or more start first: pytest-xdist's workers take whole modules
 # (`--dist loadfile`), and a long module picked up last would leave the other workers idle.
