@@ -49,7 +49,8 @@ def layer_loop(request, monkeypatch):
     return request.param
 
 
-# The scanned loop on the case that has it all (a window and segments); its own test below.
+# The scanned loop on the case that has it all (a window and segments); the log-prob test below
+# runs both loops.
 @pytest.mark.parametrize(
     "window,segments,layer_loop",
     [(None, 1, "unrolled"), (4, 1, "unrolled"), (4, 3, "unrolled"), (4, 3, "scanned")],

@@ -12,11 +12,9 @@ import sys
 import textwrap
 import threading
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from orbax.checkpoint._src.path import atomicity
 
 from zero_rl.train import loop
@@ -34,22 +32,6 @@ RESUME = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "sft.steps=0", f"total_
           "rl.num_prompts=8", "rl.num_samples=4", "rl.minibatch_size=16",
           "sampling.max_new_tokens=12", "rl.loss.entropy_coef=0.01",
           "num_sample_texts=1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """Each rerun of the job here compiles what the first run compiled; XLA's persistent cache
-    (measured: 30 s of CPU down to 4 s per rerun) keeps the module fast."""
-    keys = ["jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes"]  # fmt: skip
-    saved = {key: getattr(jax.config, key) for key in keys}
-    for key, value in zip(keys, [str(tmp_path_factory.mktemp("xla_cache")), 0, 0]):
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
-    yield
-    for key, value in saved.items():
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
 
 
 def _state(value, size=1 << 18):
