@@ -60,6 +60,7 @@ class _Static:
     decode_segments: int = 1
     # See `Transformer.decode_groups`: unrolled on CPU, scanned elsewhere.
     unroll_layers: bool = False
+    match_state: int = -1  # the stop-string table's absorbing state (-1: no stop strings)
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
@@ -187,8 +188,22 @@ def _prefill(graphdef, params, prompt_bt, positions_bt, *, static: _Static):
     return cache, repeat(last_logits_bv), repeat(next_pos_b)
 
 
-def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *, static: _Static):
-    """Samples up to max_new_tokens per row, stopping early once every row has finished.
+def _decode(
+    graphdef,
+    params,
+    cache,
+    logits_bv,
+    next_pos_b,
+    rng,
+    temperature,
+    max_new_b,
+    stop_table_qv,
+    *,
+    static: _Static,
+):
+    """Samples up to max_new_b[row] (<= max_new_tokens) tokens per row, stopping early once
+    every row has finished; a stop token or a stop string (`zero_rl.sampling.stops`'s table
+    [states, vocab]) ends a row.
 
     Rows with next_pos_b < 0 (empty rows that pad the batch) are done from the start.
     """
@@ -203,7 +218,9 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         return (step < end) & ~jnp.all(done_b)
 
     def body(state, segment, start):
-        step, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b = state
+        step, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b, lengths_b, stop_q_b = (
+            state
+        )
         if static.greedy:
             token_b = jnp.argmax(logits_bv, axis=-1)
         else:
@@ -218,9 +235,13 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         logp_b = jnp.where(done_b, 0.0, logp_b)
         tokens_bn = jax.lax.dynamic_update_slice_in_dim(tokens_bn, token_b[:, None], step, 1)
         logprobs_bn = jax.lax.dynamic_update_slice_in_dim(logprobs_bn, logp_b[:, None], step, 1)
-        is_stop = jnp.any(token_b[:, None] == stop_ids[None, :], axis=-1) & ~done_b
+        stop_q_b = stop_table_qv[stop_q_b, token_b]
+        is_stop = jnp.any(token_b[:, None] == stop_ids[None, :], axis=-1)
+        is_stop = (is_stop | (stop_q_b == static.match_state)) & ~done_b
+        ends = is_stop | (~done_b & (step + 1 >= max_new_b))
+        lengths_b = jnp.where(ends, step + 1, lengths_b)
         stopped_b = stopped_b | is_stop
-        done_b = done_b | is_stop
+        done_b = done_b | ends
         # Finished rows still run through the model (shapes are fixed) but write position -1,
         # which no query attends to.
         pos_b = jnp.where(done_b, -1, next_pos_b + step)
@@ -233,7 +254,8 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
             write_chunk=segment + 1,
             write_index=step - start,
         )
-        return step + 1, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b
+        return (step + 1, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b, lengths_b,
+                stop_q_b)  # fmt: skip
 
     state = (
         jnp.int32(0),
@@ -243,6 +265,8 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
         jnp.zeros((rows, n), jnp.float32),
         next_pos_b < 0,  # empty rows that pad the batch are done from the start
         jnp.zeros((rows,), bool),
+        jnp.zeros((rows,), jnp.int32),
+        jnp.zeros((rows,), jnp.int32),
     )
     # Segment k's steps write cache chunk k + 1 and attend over the prompt's chunk and chunks
     # 1..k + 1 only, not over the empty rest of the cache. Each segment is its own loop in the
@@ -254,11 +278,7 @@ def _decode(graphdef, params, cache, logits_bv, next_pos_b, rng, temperature, *,
             functools.partial(body, segment=segment, start=start),
             state,
         )
-    step, cache, _, tokens_bn, logprobs_bn, _, stopped_b = state
-    is_stop_bn = jnp.any(tokens_bn[:, :, None] == stop_ids, axis=-1)
-    first_stop_b = jnp.argmax(is_stop_bn, axis=-1)
-    lengths_b = jnp.where(stopped_b, first_stop_b + 1, jnp.minimum(step, n))
-    lengths_b = jnp.where(next_pos_b < 0, 0, lengths_b)
+    step, cache, _, tokens_bn, logprobs_bn, _, stopped_b, lengths_b, _ = state
     steps_b = jnp.full((rows,), step, jnp.int32)
     out = SampleOutput(tokens_bn, logprobs_bn, lengths_b.astype(jnp.int32), stopped_b, steps_b)
     # The cache is returned only so its donated buffers are reused in place by the loop.
@@ -315,6 +335,8 @@ def generate(
     input_sharding: jax.sharding.Sharding | None = None,
     prompts_per_call: int = 0,
     decode_segments: int = 1,
+    row_max_new_tokens: np.ndarray | None = None,
+    stop_table: np.ndarray | None = None,
 ) -> SampleOutput:
     """Samples `num_samples` responses per prompt (rows of a prompt adjacent in the output).
 
@@ -349,11 +371,21 @@ def generate(
         cache_dtype=cache_dtype,
         prompts_per_call=prompts_per_call,
         decode_segments=decode_segments,
+        row_max_new_tokens=_pad_rows(row_max_new_tokens, tokens_bt.shape[0] * num_samples),
+        stop_table=stop_table,
     )
     keep = len(prompts) * num_samples
     if out.tokens_bn.shape[0] == keep:
         return out
     return SampleOutput(*(x[:keep] for x in out))
+
+
+def _pad_rows(max_new_r: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """Per-row budgets padded with 1 for the empty rows that pad the batch."""
+    if max_new_r is None:
+        return None
+    max_new_r = np.asarray(max_new_r, np.int32)
+    return np.concatenate([max_new_r, np.ones((rows - len(max_new_r),), np.int32)])
 
 
 def generate_padded(
@@ -372,6 +404,8 @@ def generate_padded(
     cache_dtype: str | None = None,
     prompts_per_call: int = 0,
     decode_segments: int = 1,
+    row_max_new_tokens: jax.Array | np.ndarray | None = None,
+    stop_table: np.ndarray | None = None,
 ) -> SampleOutput:
     """`generate` for prompts already left-padded: tokens [rows, P] and positions [rows, P]
     (-1 on padding; a row of all -1 is an empty slot whose output is all padding).
@@ -423,12 +457,25 @@ def generate_padded(
         raise ValueError(f"decode_segments must be >= 1, got {decode_segments}")
     rng = jax.random.key(0) if rng is None else rng
     rows = tokens_bt.shape[0]
+    if stop_table is None:
+        stop_table = np.zeros((1, vocab), np.int32)
+    match = stop_table.shape[0] - 1 if stop_table.shape[0] > 1 else -1  # see sampling.stops
+    static = dataclasses.replace(static, match_state=match)
+    stop_table = jnp.asarray(stop_table)
+    if row_max_new_tokens is None:
+        max_new_b = jnp.full((rows * num_samples,), max_new_tokens, jnp.int32)
+    else:
+        max_new_b = jnp.asarray(row_max_new_tokens, jnp.int32)
+        if max_new_b.shape != (rows * num_samples,):
+            raise ValueError(f"row_max_new_tokens has shape {max_new_b.shape}, expected "
+                             f"({rows * num_samples},): one budget per response row")  # fmt: skip
     if 0 < prompts_per_call < rows:
         if rows % prompts_per_call:
             raise ValueError(
                 f"prompts_per_call={prompts_per_call} must divide the {rows} prompt rows"
             )
         num_calls = rows // prompts_per_call
+        max_new_pg = max_new_b.reshape(rows, num_samples)
         outs = [
             _sample(
                 graphdef,
@@ -438,11 +485,15 @@ def generate_padded(
                 jax.random.fold_in(rng, i),
                 temperature,
                 static,
+                _take_call(max_new_pg, i, num_calls).reshape(-1),
+                stop_table,
             )
             for i in range(num_calls)
         ]
         return _merge_calls(outs, num_samples)
-    return _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static)
+    return _sample(
+        graphdef, params, tokens_bt, positions_bt, rng, temperature, static, max_new_b, stop_table
+    )
 
 
 def _unroll_layers(params) -> bool:
@@ -475,7 +526,9 @@ def _merge_calls(outs: list[SampleOutput], num_samples: int) -> SampleOutput:
     return jax.tree.map(merge, *outs)
 
 
-def _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static) -> SampleOutput:
+def _sample(
+    graphdef, params, tokens_bt, positions_bt, rng, temperature, static, max_new_b, stop_table
+) -> SampleOutput:
     """One prefill + decode call on all of its rows."""
     cache, logits_bv, next_pos_b = prefill_jit(
         graphdef, params, tokens_bt, positions_bt, static=static
@@ -488,6 +541,8 @@ def _sample(graphdef, params, tokens_bt, positions_bt, rng, temperature, static)
         next_pos_b,
         rng,
         jnp.float32(max(temperature, 1e-6)),
+        max_new_b,
+        stop_table,
         static=static,
     )
     return out

@@ -95,6 +95,22 @@ class Tokenizer(abc.ABC):
             )
         return self._decode(ids_n.tolist(), skip_special)
 
+    def token_texts(self) -> tuple[str, ...]:
+        """The text each id adds to a decoded response (with `skip_special`), by id: "" for
+        special ids, and a word-initial piece keeps its leading space. Read as the text of
+        [anchor, id] after the anchor's, since a lone piece decodes without that space."""
+        anchor = self.encode("a")[-1]
+        head = self._decode([anchor], True)
+        ids = list(range(self.vocab_size))
+        texts = self._decode_pairs(anchor, ids)
+        return tuple(
+            t[len(head) :] if t.startswith(head) else self._decode([i], True)
+            for i, t in zip(ids, texts)
+        )
+
+    def _decode_pairs(self, anchor: int, ids: list[int]) -> list[str]:
+        return [self._decode([anchor, i], True) for i in ids]
+
     def _finish_init(
         self, bos_id: int | None, eos_id: int, pad_id: int | None, extra_stop: Sequence[int]
     ) -> None:
@@ -147,6 +163,10 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts))
+
+    def _decode_pairs(self, anchor: int, ids: list[int]) -> list[str]:
+        pairs = [[anchor] if i in self._special_ids else [anchor, i] for i in ids]
+        return self._sp.decode(pairs)
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         if skip_special:
@@ -201,6 +221,9 @@ class HFTokenizer(Tokenizer):
     def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # add_special_tokens=False: BOS/EOS are this class's decision, not the post-processor's.
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _decode_pairs(self, anchor: int, ids: list[int]) -> list[str]:
+        return self._tok.decode_batch([[anchor, i] for i in ids], skip_special_tokens=True)
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)

@@ -1,0 +1,277 @@
+"""The continuous-batching decode engine: a fixed pool of slots, refilled inside the compiled
+loop as responses end, reading the trainer's own params pytree.
+
+A static batch decodes until its longest response ends, so on real response lengths most of
+its row-steps are spent on finished rows. Here a slot whose response ends (a stop token, a stop
+string, its row's length cap) takes the next waiting prompt: the prompt is prefilled into the
+slot (a prompt's samples share one prefill, in `num_samples` slots) and decoding goes on, in
+the same `lax.while_loop`. One call is one compiled program: it never returns to the host.
+
+The KV cache is a pool of per-slot regions, `slots x (prompt_len + max_new_tokens)`, in the
+`DecodeCache` layout the static sampler uses, as two chunks: the prompt region
+[slots, kv_heads, prompt_len, head_dim], written when a slot is refilled, and the response
+region [slots, kv_heads, max_new_tokens, head_dim], a ring that every slot writes at the same
+column (the global step modulo its length). A response of at most max_new_tokens tokens
+started at step s0 writes columns s0, s0 + 1, ... (mod max_new_tokens), never one twice, so
+one `dynamic_update_slice` per step serves every slot; causality comes from the positions each
+slot records (-1 = empty), not from where a key lies, and refilling a slot resets its
+response positions to -1. bench/rollout.py measures this against the static sampler.
+
+Randomness is keyed by (output row, token index), not by slot: a row's sample does not depend
+on how many slots there are or which slot it ran in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from zero_rl.models.transformer import DecodeCache
+from zero_rl.sampler import SampleOutput, _compute_dtype_model, truncate_logits
+from zero_rl.sharding import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStatic:
+    """What the compiled engine is specialised on (one compile per distinct value)."""
+
+    num_samples: int
+    slots: int
+    prefill_prompts: int
+    max_new_tokens: int
+    greedy: bool
+    top_k: int
+    top_p: float
+    stop_token_ids: tuple[int, ...]
+    pad_id: int
+    cache_dtype: str | None
+    unroll_layers: bool
+    match_state: int  # the stop-string table's absorbing state (-1: no stop strings)
+
+
+class EngineStats(NamedTuple):
+    """Device scalars of one engine call: decode steps run, slot-steps that sampled a token of
+    a live response (utilisation = live_slot_steps / (decode_steps * slots)), prefill calls."""
+
+    decode_steps: jax.Array
+    live_slot_steps: jax.Array
+    prefills: jax.Array
+
+
+class _LoopState(NamedTuple):
+    step: jax.Array  # global decode step (the response ring's write column, mod its length)
+    next_prompt: jax.Array  # index of the next waiting prompt
+    cache: DecodeCache
+    logits_sv: jax.Array  # [slots, vocab] float32, each slot's next-token logits
+    row_s: jax.Array  # [slots] the output row each slot samples, -1 for a free slot
+    count_s: jax.Array  # [slots] tokens its row has so far
+    first_pos_s: jax.Array  # [slots] position of its row's first response token
+    stop_state_s: jax.Array  # [slots] stop-string automaton state
+    tokens_rn: jax.Array  # [rows, max_new_tokens] outputs, samples of a prompt adjacent
+    logprobs_rn: jax.Array
+    lengths_r: jax.Array
+    stopped_r: jax.Array
+    live_slot_steps: jax.Array
+    prefills: jax.Array
+
+
+def _empty_cache(cfg, slots: int, prompt_len: int, static: EngineStatic) -> DecodeCache:
+    dtype = jnp.dtype(static.cache_dtype or cfg.compute_dtype)
+    kv, hd = cfg.num_kv_heads, cfg.head_dim
+
+    def group(layers):
+        lead = () if static.unroll_layers else (layers,)
+        axes = DecodeCache.LAYER_AXES if static.unroll_layers else DecodeCache.LOGICAL_AXES
+        return tuple(
+            constrain(jnp.zeros((*lead, slots, kv, n, hd), dtype), axes)
+            for n in (prompt_len, static.max_new_tokens)
+        )
+
+    n_groups = cfg.num_layers if static.unroll_layers else 1
+    layers = 1 if static.unroll_layers else cfg.num_layers
+    pos = tuple(
+        constrain(jnp.full((slots, n), -1, jnp.int32), ("batch", "cache_length"))
+        for n in (prompt_len, static.max_new_tokens)
+    )
+    return DecodeCache(
+        tuple(group(layers) for _ in range(n_groups)),
+        tuple(group(layers) for _ in range(n_groups)),
+        pos,
+    )
+
+
+def _run(
+    graphdef,
+    params,
+    prompt_tokens_pt,
+    prompt_positions_pt,
+    max_new_r,
+    stop_table_qv,
+    rng,
+    temperature,
+    *,
+    static: EngineStatic,
+):
+    """All prompts [prompts, P] (left-padded, positions -1 on padding; an all -1 row is an
+    empty prompt whose samples stay empty) -> (SampleOutput of prompts * num_samples rows,
+    EngineStats)."""
+    model = _compute_dtype_model(graphdef, params)
+    cfg = model.cfg
+    groups = model.decode_groups(static.unroll_layers)
+    num_prompts, prompt_len = prompt_tokens_pt.shape
+    g, slots, n = static.num_samples, static.slots, static.max_new_tokens
+    rows = num_prompts * g
+    batch = static.prefill_prompts
+    stop_ids = jnp.asarray(static.stop_token_ids or (-1,), jnp.int32)
+    nonempty_p = jnp.any(prompt_positions_pt >= 0, axis=1)
+    # Padded so that a batch of prompts past the end reads (empty) rows without clamping.
+    pad = ((0, batch), (0, 0))
+    queue_tokens = jnp.pad(prompt_tokens_pt, pad, constant_values=static.pad_id)
+    queue_positions = jnp.pad(prompt_positions_pt, pad, constant_values=-1)
+    queue_nonempty = jnp.pad(nonempty_p, (0, batch))
+
+    def refill(st: _LoopState) -> _LoopState:
+        """Prefills the next `batch` prompts into free slots, `num_samples` slots each."""
+        start = st.next_prompt
+        tokens_pt = jax.lax.dynamic_slice_in_dim(queue_tokens, start, batch)
+        positions_pt = jax.lax.dynamic_slice_in_dim(queue_positions, start, batch)
+        valid_p = jax.lax.dynamic_slice_in_dim(queue_nonempty, start, batch)
+        valid_p &= start + jnp.arange(batch) < num_prompts
+        hidden_ptd, k_lptkh, v_lptkh = model.prefill(tokens_pt, positions_pt)
+        last_logits_pv = model.logits(hidden_ptd[:, -1:])[:, 0]
+        # Each valid prompt's samples go to the next free slots, in slot order.
+        valid_j = jnp.repeat(valid_p, g)
+        free_first_s = jnp.argsort(st.row_s >= 0, stable=True)
+        rank_j = jnp.cumsum(valid_j) - 1
+        slot_j = jnp.where(valid_j, free_first_s[jnp.maximum(rank_j, 0)], slots)  # slots: drop
+        row_j = (start + jnp.arange(batch * g) // g) * g + jnp.arange(batch * g) % g
+
+        def put(x, new, axis=0):  # rows slot_j of x (along `axis`) <- new; dropped rows skipped
+            index = (slice(None),) * axis + (slot_j,)
+            return x.at[index].set(new.astype(x.dtype), mode="drop")
+
+        def prompt_chunk(kv_lptkh):  # -> [layers, batch * g, kv, P, hd]
+            return jnp.repeat(kv_lptkh.transpose(0, 1, 3, 2, 4), g, axis=1)
+
+        def write(cache_groups, kv_lptkh):
+            new = prompt_chunk(kv_lptkh)
+            out = []
+            for i, (prompt_c, response_c) in enumerate(cache_groups):
+                if static.unroll_layers:
+                    out.append((put(prompt_c, new[i]), response_c))
+                else:
+                    out.append((put(prompt_c, new, axis=1), response_c))
+            return tuple(out)
+
+        cache = DecodeCache(
+            write(st.cache.k, k_lptkh),
+            write(st.cache.v, v_lptkh),
+            (
+                put(st.cache.pos[0], jnp.repeat(positions_pt, g, axis=0)),
+                put(st.cache.pos[1], jnp.full((batch * g, n), -1, jnp.int32)),
+            ),
+        )
+        first_pos_p = jnp.max(positions_pt, axis=1) + 1
+        return st._replace(
+            next_prompt=start + batch,
+            cache=cache,
+            logits_sv=put(st.logits_sv, jnp.repeat(last_logits_pv, g, axis=0)),
+            row_s=put(st.row_s, row_j),
+            count_s=put(st.count_s, jnp.zeros_like(row_j)),
+            first_pos_s=put(st.first_pos_s, jnp.repeat(first_pos_p, g)),
+            stop_state_s=put(st.stop_state_s, jnp.zeros_like(row_j)),
+            prefills=st.prefills + 1,
+        )
+
+    def can_refill(st: _LoopState):
+        start = st.next_prompt
+        valid_p = jax.lax.dynamic_slice_in_dim(queue_nonempty, start, batch)
+        valid_p &= start + jnp.arange(batch) < num_prompts
+        free = jnp.sum(st.row_s < 0)
+        return (start < num_prompts) & (free >= g * jnp.sum(valid_p))
+
+    def draw(logits_sv, row_s, count_s):
+        if static.greedy:
+            return jnp.argmax(logits_sv, axis=-1).astype(jnp.int32)
+        scaled_sv = truncate_logits(logits_sv / temperature, top_k=static.top_k,
+                                    top_p=static.top_p)  # fmt: skip
+
+        def one(row, count, logits_v):
+            key = jax.random.fold_in(jax.random.fold_in(rng, row), count)
+            return jax.random.categorical(key, logits_v)
+
+        return jax.vmap(one)(row_s, count_s, scaled_sv).astype(jnp.int32)
+
+    def step(st: _LoopState) -> _LoopState:
+        st = jax.lax.while_loop(can_refill, refill, st)
+        live_s = st.row_s >= 0
+        token_s = draw(st.logits_sv, st.row_s, st.count_s)
+        logp_s = jnp.take_along_axis(st.logits_sv, token_s[:, None], axis=-1)[:, 0]
+        logp_s -= jax.nn.logsumexp(st.logits_sv, axis=-1)
+        token_s = jnp.where(live_s, token_s, static.pad_id)
+        out_row_s = jnp.where(live_s, st.row_s, rows)  # rows: out of range, dropped
+        tokens_rn = st.tokens_rn.at[out_row_s, st.count_s].set(token_s, mode="drop")
+        logprobs_rn = st.logprobs_rn.at[out_row_s, st.count_s].set(logp_s, mode="drop")
+        count_s = st.count_s + 1
+        stop_state_s = stop_table_qv[st.stop_state_s, token_s]
+        is_stop_s = jnp.any(token_s[:, None] == stop_ids[None, :], axis=-1)
+        is_stop_s |= stop_state_s == static.match_state
+        cap_s = max_new_r[jnp.clip(st.row_s, 0, rows - 1)]
+        ended_s = live_s & (is_stop_s | (count_s >= cap_s))
+        ended_row_s = jnp.where(ended_s, st.row_s, rows)
+        lengths_r = st.lengths_r.at[ended_row_s].set(count_s, mode="drop")
+        stopped_r = st.stopped_r.at[ended_row_s].set(is_stop_s, mode="drop")
+        going_s = live_s & ~ended_s
+        # Ended and free slots still run through the model (shapes are fixed) at position -1,
+        # which no query attends to; the slot is refilled before its next token.
+        pos_s = jnp.where(going_s, st.first_pos_s + st.count_s, -1)
+        logits_sv, cache = model.decode_step(
+            groups, token_s, pos_s, st.cache,
+            read_chunks=2, write_chunk=1, write_index=st.step % n,
+        )  # fmt: skip
+        return st._replace(
+            step=st.step + 1,
+            cache=cache,
+            logits_sv=logits_sv,
+            row_s=jnp.where(going_s, st.row_s, -1),
+            count_s=count_s,
+            stop_state_s=stop_state_s,
+            tokens_rn=tokens_rn,
+            logprobs_rn=logprobs_rn,
+            lengths_r=lengths_r,
+            stopped_r=stopped_r,
+            live_slot_steps=st.live_slot_steps + jnp.sum(live_s),
+        )
+
+    def running(st: _LoopState):
+        return jnp.any(st.row_s >= 0) | (st.next_prompt < num_prompts)
+
+    zeros_s = jnp.zeros((slots,), jnp.int32)
+    init = _LoopState(
+        step=jnp.int32(0),
+        next_prompt=jnp.int32(0),
+        cache=_empty_cache(cfg, slots, prompt_len, static),
+        logits_sv=jnp.zeros((slots, cfg.vocab_size), jnp.float32),
+        row_s=jnp.full((slots,), -1, jnp.int32),
+        count_s=zeros_s,
+        first_pos_s=zeros_s,
+        stop_state_s=zeros_s,
+        tokens_rn=constrain(jnp.full((rows, n), static.pad_id, jnp.int32), ("batch", None)),
+        logprobs_rn=constrain(jnp.zeros((rows, n), jnp.float32), ("batch", None)),
+        lengths_r=jnp.zeros((rows,), jnp.int32),
+        stopped_r=jnp.zeros((rows,), bool),
+        live_slot_steps=jnp.int32(0),
+        prefills=jnp.int32(0),
+    )
+    st = jax.lax.while_loop(running, step, init)
+    out = SampleOutput(
+        st.tokens_rn, st.logprobs_rn, st.lengths_r, st.stopped_r,
+        jnp.full((rows,), st.step, jnp.int32),
+    )  # fmt: skip
+    return out, EngineStats(st.step, st.live_slot_steps, st.prefills)
+
+
+run_jit = jax.jit(_run, static_argnames=("graphdef", "static"))
