@@ -35,10 +35,15 @@ from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.verifier import GOLDS, synthetic_mix  # noqa: E402
-from zero_rl import sampler, sharding  # noqa: E402
-from zero_rl.data import PromptIterator, default_template, get_template  # noqa: E402
+from zero_rl import sharding  # noqa: E402
+from zero_rl.data import PromptIterator, default_template  # noqa: E402
 from zero_rl.models import abstract_params, create_model  # noqa: E402
 from zero_rl.rewards import VerifierPool, score  # noqa: E402
+from zero_rl.sampling import (  # noqa: E402
+    finish_responses,
+    generate_padded,
+    template_stops,
+)
 from zero_rl.tokenizer import load_tokenizer  # noqa: E402
 from zero_rl.train import config as config_lib  # noqa: E402
 from zero_rl.train.config import tokenizer_path  # noqa: E402
@@ -98,9 +103,10 @@ class Step:
                 f"{self.model_cfg.vocab_size}; give the model's own with --set=tokenizer.path=DIR"
             )
         self.template = config.data.template or default_template(config.model.preset or "tiny")
-        stop_strings = get_template(self.template).stop_strings
-        extra = [self.tokenizer.token_to_id(s) for s in stop_strings]
-        self.stop_ids = list(self.tokenizer.stop_token_ids) + [t for t in extra if t is not None]
+        stop_ids, stop_strings = template_stops(self.tokenizer, self.template)
+        self.sampling = config_lib.sampling_options(
+            config, stop_token_ids=stop_ids, stop_strings=stop_strings
+        )
         train_examples, _ = load_examples(config)
         self.prompts = PromptIterator(train_examples, config.rl.num_prompts, seed=config.seed)
         rules = sharding.DEFAULT_RULES
@@ -140,14 +146,12 @@ class Step:
                 encode_batch(examples, self.tokenizer, template=self.template,
                              max_prompt_len=s.max_prompt_len),
             )  # fmt: skip
-            out = sampler.generate_padded(
-                (self.graphdef, self.params), prompt_bt, positions_bt,
-                max_new_tokens=s.max_new_tokens, rng=jax.random.fold_in(rng, 0),
-                temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                stop_token_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
-                num_samples=c.rl.num_samples, prompts_per_call=s.prompts_per_call,
-                decode_segments=s.decode_segments,
+            samples = generate_padded(
+                (self.graphdef, self.params), prompt_bt, positions_bt, self.sampling,
+                num_samples=c.rl.num_samples, rng=jax.random.fold_in(rng, 0),
+                tokenizer=self.tokenizer,
             )  # fmt: skip
+            out = samples.output
             ready = _ReadyAt(num_groups=2)
             ready.watch((out.tokens_bn, out.logprobs_bn, out.lengths_b))
             tokens_bt, positions_bt, mask_bn = _assemble(
@@ -158,10 +162,14 @@ class Step:
             if self.ref_params is not None:
                 ref_bn = self._logprobs(self.ref_params, tokens_bt, positions_bt)
             ready.watch((old_bn, ref_bn))
-            response_bn, lengths_b = jax.device_get((out.tokens_bn, out.lengths_b))
+            response_bn, lengths_b, stopped_b, stats = jax.device_get(
+                (out.tokens_bn, out.lengths_b, out.stopped_b, samples.stats)
+            )
             t1 = time.perf_counter()
 
-            texts = [self.tokenizer.decode(r[:n].tolist()) for r, n in zip(response_bn, lengths_b)]
+            texts = finish_responses(
+                self.tokenizer, response_bn, lengths_b, stopped_b, self.sampling.stop_strings
+            ).texts
             answers = [ex.answer for ex in examples for _ in range(c.rl.num_samples)]
             if self.responses == "synthetic":
                 texts, answers = synthetic_mix(len(examples), c.rl.num_samples, index, GOLDS)
@@ -198,7 +206,11 @@ class Step:
             "step_s": t3 - t0,
             "device_idle_s": max(0.0, t2 - busy_until),
             "sampled_tokens": float(np.sum(lengths_b)),
-        }
+            # Live slot-steps over all slot-steps of the continuous engine (nan: static).
+            "slot_utilisation": float("nan") if stats is None else float(
+                stats.live_slot_steps / stats.slot_steps
+            ),
+        }  # fmt: skip
 
     def close(self):
         self.pool.close()
@@ -239,7 +251,9 @@ def main() -> None:
     finally:
         step.close()
 
-    results = {k: statistics.median(s[k] for s in steps) for k in (*PHASES, "sampled_tokens")}
+    keys = (*PHASES, "sampled_tokens", "slot_utilisation")
+    results = {k: statistics.median(s[k] for s in steps) for k in keys}
+    results["rollout_share"] = statistics.median(s["sample_s"] / s["step_s"] for s in steps)
     results |= {
         "device_idle_share": statistics.median(s["device_idle_s"] / s["step_s"] for s in steps),
         "compiles_after_warmup": compiles_after_warmup,
@@ -259,6 +273,8 @@ def main() -> None:
     }
     rows = [(labels[k], results[k], f"s ({results[k] / step_s:.0%} of the step)") for k in PHASES]
     rows += [
+        (f"rollout ({config.sampling.engine})", results["rollout_share"], "of the step"),
+        ("slot utilisation", results["slot_utilisation"], "live / all slot-steps"),
         ("compiles after warm-up", compiles_after_warmup, ""),
         ("compiles in timed steps", results["compiles_during_timed_steps"], "(must be 0)"),
     ]

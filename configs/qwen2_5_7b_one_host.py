@@ -24,6 +24,6 @@ def get_config():
     c.mesh.fsdp = -1  # every device of the host
     c.model.attention = "chunked"
     c.model.attention_chunk = 512
-    c.sampling.prompts_per_call = 32
+    c.sampling.prompts_per_call = 32  # the static engine's (the continuous one: 256 slots)
     c.rl.microbatch_size = 8
     return c

@@ -48,7 +48,7 @@ from zero_rl.eval.policy import (
 )
 from zero_rl.eval.sets import SYNTHETIC
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train.config import reward_config
+from zero_rl.train.config import reward_config, sampling_options
 from zero_rl.train.metrics import SummaryWriter
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,6 +176,11 @@ def _evaluate() -> int:
         get_template(template)
         tokenizer = load_tokenizer(tokenizer_path(config, _HF_MODEL.value))
         max_prompt_len = _MAX_PROMPT_LEN.value or config.sampling.max_prompt_len
+        options = sampling_options(config, evaluation=True).replace(
+            temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
+            max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.eval_max_new_tokens
+            or config.sampling.max_new_tokens, max_prompt_len=max_prompt_len,
+        )  # fmt: skip
         for eval_set in sets:
             check_prompt_lengths(eval_set, tokenizer, eval_set.template or template,
                                  max_prompt_len)  # fmt: skip
@@ -191,15 +196,11 @@ def _evaluate() -> int:
         with sharding.activation_sharding(mesh, sharding.DEFAULT_RULES):
             summary = run_benchmarks(
                 policy.graphdef, policy.params, tokenizer=policy.tokenizer, benchmarks=sets,
-                out_dir=_OUT_DIR.value, template=template, num_samples=_NUM_SAMPLES.value,
-                temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
-                max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.eval_max_new_tokens
-                or config.sampling.max_new_tokens,
-                max_prompt_len=max_prompt_len,
-                batch_size=_BATCH_SIZE.value, reward=reward_config(config), seed=_SEED.value,
-                ks=ks, batch_sharding=batch_sharding, writer=writer, step=policy.step,
-                progress=_PROGRESS.value, decode_segments=config.sampling.decode_segments,
-                policy_id=policy.fingerprint,
+                out_dir=_OUT_DIR.value, template=template, sampling=options,
+                num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
+                reward=reward_config(config), seed=_SEED.value, ks=ks,
+                batch_sharding=batch_sharding, writer=writer, step=policy.step,
+                progress=_PROGRESS.value, policy_id=policy.fingerprint,
             )  # fmt: skip
     except OutputDirError as e:
         return _fail(str(e))

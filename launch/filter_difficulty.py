@@ -24,7 +24,7 @@ from zero_rl import sharding
 from zero_rl.data import FieldMapping, default_template
 from zero_rl.data.pass_rate import Sampling, filter_difficulty, load_source
 from zero_rl.eval.policy import load_policy
-from zero_rl.train.config import reward_config
+from zero_rl.train.config import reward_config, sampling_options
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
@@ -97,14 +97,13 @@ def main(argv):
         )
         template = _TEMPLATE.value or config.data.template or default_template(model_name)
         reward = reward_config(config)
-        sampling = Sampling(
-            template=template, k=_K.value,
+        options = sampling_options(config).replace(
             max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.max_new_tokens,
             max_prompt_len=_MAX_PROMPT_LEN.value or config.sampling.max_prompt_len,
-            batch_size=_BATCH_SIZE.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-            top_k=_TOP_K.value, seed=_SEED.value, reward=reward,
-            decode_segments=config.sampling.decode_segments,
+            temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
         )  # fmt: skip
+        sampling = Sampling(template=template, k=_K.value, batch_size=_BATCH_SIZE.value,
+                            options=options, seed=_SEED.value, reward=reward)  # fmt: skip
         output, pass_rates = _OUTPUT.value, _pass_rates_path(_OUTPUT.value)
         if os.path.exists(output) and not _OVERWRITE.value:
             raise FileExistsError(f"{output} exists; pass --overwrite or another --output")
@@ -114,8 +113,8 @@ def main(argv):
         return _fail(str(e))
     print(
         f"filtering {len(source.examples)} prompts of {source.name} with {policy.source}: "
-        f"template={template} k={sampling.k} temperature={sampling.temperature} "
-        f"top_p={sampling.top_p} band={'[' if _INCLUSIVE.value else '('}{_LOW.value}, "
+        f"template={template} k={sampling.k} temperature={options.temperature} "
+        f"top_p={options.top_p} band={'[' if _INCLUSIVE.value else '('}{_LOW.value}, "
         f"{_HIGH.value}{']' if _INCLUSIVE.value else ')'}",
         file=sys.stderr,
     )

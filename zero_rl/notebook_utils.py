@@ -18,7 +18,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from zero_rl import sampler, sharding
+from zero_rl import sharding
 from zero_rl.data import apply_template, default_template
 from zero_rl.data.templates import stop_token_ids
 from zero_rl.eval.policy import (  # noqa: F401 - load_run_config is part of this module's API
@@ -27,7 +27,9 @@ from zero_rl.eval.policy import (  # noqa: F401 - load_run_config is part of thi
     run_model_config,
     tokenizer_path,
 )
+from zero_rl.sampling import finish_responses, generate, with_template_stops
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
+from zero_rl.train.config import sampling_options
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -120,26 +122,23 @@ def sample(
     """
     if isinstance(questions, str):
         raise TypeError("sample takes a list of questions, got a single str")
-    sampling = policy.config.sampling
     tokenizer = policy.tokenizer
+    options = with_template_stops(sampling_options(policy.config), tokenizer, policy.template)
+    options = options.replace(
+        max_new_tokens=max_new_tokens or options.max_new_tokens,
+        temperature=options.temperature if temperature is None else temperature,
+        stop_token_ids=tuple(dict.fromkeys(options.stop_token_ids + policy.stop_token_ids)),
+    )
     prompts = tokenizer.batch_encode(
         [apply_template(policy.template, q) for q in questions],
         add_bos=tokenizer.add_bos_default,
     )
-    out = sampler.generate(
-        (policy.graphdef, policy.params),
-        prompts,
-        max_new_tokens=max_new_tokens or sampling.max_new_tokens,
-        rng=jax.random.key(0) if rng is None else rng,
-        temperature=sampling.temperature if temperature is None else temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        stop_token_ids=policy.stop_token_ids,
-        pad_id=tokenizer.pad_id,
-        num_samples=num_samples,
-    )
-    tokens_bn, lengths_b = jax.device_get((out.tokens_bn, out.lengths_b))
-    return [tokenizer.decode(row[:n]) for row, n in zip(tokens_bn, lengths_b)]
+    out = generate(
+        (policy.graphdef, policy.params), prompts, options, num_samples=num_samples,
+        rng=jax.random.key(0) if rng is None else rng, tokenizer=tokenizer,
+    ).output  # fmt: skip
+    tokens_bn, lengths_b, stopped_b = jax.device_get((out.tokens_bn, out.lengths_b, out.stopped_b))
+    return finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings).texts
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,6 +33,8 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from zero_rl import sampler, sharding
 from zero_rl.models import KVCache, ModelConfig, abstract_params
+from zero_rl.sampling import engine
+from zero_rl.sampling.engine import EngineStatic
 from zero_rl.train import config as config_lib
 from zero_rl.train.optim import make_optimizer, sharded_init
 from zero_rl.train.rl_step import Rollout, UpdateOptions, rollout_logprobs, update
@@ -206,7 +208,8 @@ def step_arrays(config: ml_collections.ConfigDict, mesh, rules=None):
     tx, _ = make_optimizer(config.optim, config.total_steps * opts.epochs * opts.num_minibatches)
     graphdef, params = abstract_params(model_cfg, mesh, rules)
     prompts, rows = rl.num_prompts, rl.num_prompts * rl.num_samples
-    per_call = s.prompts_per_call or prompts
+    # The continuous engine takes every prompt in one call; the static sampler a call's.
+    per_call = prompts if s.engine == "continuous" else (s.prompts_per_call or prompts)
     p, n = s.max_prompt_len, s.max_new_tokens
     batch = sharding.logical_to_spec(("batch", "length"), rules)
     rows_spec = PartitionSpec(batch[0])
@@ -241,8 +244,9 @@ def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str
     rules = rules or sharding.rules_from_config(config.sharding)
     arrays = step_arrays(config, mesh, rules)
     cfg, rollout_bt = arrays.model_cfg, arrays.rollout.tokens_bt
-    # The sampler's cache: one call's rows (samples of its prompts) x the whole sequence.
-    rows = arrays.prompts_bt.shape[0] * config.rl.num_samples
+    # The sampler's cache: the engine's slots, or one static call's rows (samples of its
+    # prompts), x the whole sequence.
+    rows = _cache_rows(config, arrays.prompts_bt.shape[0])
     length = rollout_bt.shape[1]
     rows_bt = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=rollout_bt.sharding)
     cache_shape = (cfg.num_layers, rows, length, cfg.num_kv_heads, cfg.head_dim)
@@ -257,6 +261,36 @@ def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str
         "kv_cache": 2 * per_device_bytes(cache) + per_device_bytes(rows_bt),
         "rollout": per_device_bytes(arrays.rollout),
     }
+
+
+def _cache_rows(config: ml_collections.ConfigDict, prompts_per_call: int) -> int:
+    s, rl = config.sampling, config.rl
+    if s.engine == "continuous":
+        return s.slots or rl.num_prompts * rl.num_samples
+    return prompts_per_call * rl.num_samples
+
+
+def _engine_static(config: ml_collections.ConfigDict) -> EngineStatic:
+    """The continuous engine's static options as `zero_rl.sampling.generate_padded` builds
+    them for the trainer (layers scanned, as on accelerators)."""
+    s, rl = config.sampling, config.rl
+    return EngineStatic(
+        num_samples=rl.num_samples, slots=_cache_rows(config, 0),
+        prefill_prompts=s.prefill_prompts, max_new_tokens=s.max_new_tokens,
+        greedy=s.temperature == 0, top_k=s.top_k, top_p=s.top_p, stop_token_ids=(0,),
+        pad_id=0, cache_dtype=None, unroll_layers=False, match_state=-1,
+    )  # fmt: skip
+
+
+def _engine_cache_layout(cfg: ModelConfig, prompt_len: int, static: EngineStatic):
+    """The engine's slot pool as it is laid out at the start of its loop: abstract arrays
+    with the shardings XLA gives them (under the caller's `activation_sharding`)."""
+    make = jax.jit(lambda: engine._empty_cache(cfg, static.slots, prompt_len, static))
+    shapes = jax.eval_shape(make)
+    shardings = make.lower().compile().output_shardings
+    return jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings
+    )
 
 
 def _sharded_by_logical_axes(cache, mesh, rules) -> bool:
@@ -320,14 +354,30 @@ def plan(
         }
         return compiled[name]
 
+    continuous = s.engine == "continuous"
     with sharding.activation_sharding(mesh, rules):
-        prefill = build(
-            "prefill", sampler.prefill_jit, graphdef, params, prompts_bt, prompts_bt, static=static
-        )
-        # Decode takes prefill's outputs (KV cache, last logits, next positions) as they are.
-        cache, logits_bv, next_pos_b = prefill.out_info
-        build("decode", sampler.decode_jit, graphdef, params, cache, logits_bv, next_pos_b,
-              arrays.rng, jax.ShapeDtypeStruct((), jnp.float32), static=static)  # fmt: skip
+        if continuous:
+            # One program: the slot pool (its cache a temporary), prefills and decode steps.
+            engine_static = _engine_static(config)
+            rows_spec = PartitionSpec(rollout.tokens_bt.sharding.spec[0])
+            rows = rl.num_prompts * rl.num_samples
+            vocab = arrays.model_cfg.vocab_size
+            build("rollout", engine.run_jit, graphdef, params, prompts_bt, prompts_bt,
+                  _abstract((rows,), jnp.int32, mesh, rows_spec),
+                  _abstract((1, vocab), jnp.int32, mesh, PartitionSpec()), arrays.rng,
+                  jax.ShapeDtypeStruct((), jnp.float32), static=engine_static)  # fmt: skip
+            cache = _engine_cache_layout(arrays.model_cfg, p, engine_static)
+        else:
+            prefill = build("prefill", sampler.prefill_jit, graphdef, params, prompts_bt,
+                            prompts_bt, static=static)  # fmt: skip
+            # Decode takes prefill's outputs (KV cache, last logits, next positions) as they are.
+            cache, logits_bv, next_pos_b = prefill.out_info
+            build("decode", sampler.decode_jit, graphdef, params, cache, logits_bv, next_pos_b,
+                  arrays.rng, jax.ShapeDtypeStruct((), jnp.float32),
+                  _abstract((prompts_bt.shape[0] * rl.num_samples,), jnp.int32, mesh,
+                            PartitionSpec(prompts_bt.sharding.spec[0])),
+                  _abstract((1, arrays.model_cfg.vocab_size), jnp.int32, mesh, PartitionSpec()),
+                  static=static)  # fmt: skip
         build("logprobs", rollout_logprobs, graphdef, params, rollout.tokens_bt,
               rollout.positions_bt, prompt_len=p,
               num_chunks=arrays.opts.num_minibatches * arrays.opts.num_microbatches,
@@ -342,10 +392,11 @@ def plan(
     # Per program: bytes alive besides the persistent state, minus its arguments that are
     # already counted (params and optimiser state are persistent; the log-prob pass reads
     # tokens that belong to the rollout, which is alive from sampling until the update).
-    extra = {"prefill": 0, "decode": 0, "logprobs": sizes["rollout"], "update": 0}
+    extra = {"rollout": 0, "prefill": 0, "decode": 0, "logprobs": sizes["rollout"], "update": 0}
     if prompts_bt.shape[0] < rl.num_prompts:  # earlier calls' responses wait in memory
         extra["prefill"] = extra["decode"] = sizes["rollout"]
     counted = {
+        "rollout": sizes["params"],
         "prefill": sizes["params"],
         "decode": sizes["params"],
         "logprobs": sizes["params"] + tokens_bytes,

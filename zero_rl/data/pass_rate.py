@@ -28,11 +28,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from zero_rl import sampler
+from zero_rl import sampling as sampling_lib
+from zero_rl import sharding
 from zero_rl.data.difficulty import filter_by_pass_rate
 from zero_rl.data.records import BENCHMARKS, Example, FieldMapping, read_benchmark, read_examples
-from zero_rl.data.templates import cut_at_stop_string, get_template, stop_token_ids
+from zero_rl.data.templates import get_template
 from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.sampling import SamplingOptions, finish_responses, with_template_stops
 from zero_rl.tokenizer import Tokenizer
 
 PASS_RATE_FIELDS = ("id", "pass_rate", "num_correct", "k")
@@ -127,52 +129,44 @@ class Sampling:
     """How the k responses per prompt are drawn and graded.
 
     Attributes:
+      template: the prompt template; its stop ids and strings are added to `options`'.
+      k: responses per prompt (`num_samples`).
       batch_size: prompts per sampler call, a fixed shape of batch_size * k rows (a multiple
         of the batch-parallel devices when `input_sharding` is given).
-      temperature, top_p, top_k: as in `zero_rl.sampler.generate`; SimpleRL-Zoo samples its
+      options: decoding (`zero_rl.sampling.SamplingOptions`); SimpleRL-Zoo samples its
         rollouts at temperature 1.
       seed: the samples of a prompt depend on it, on k and on the batch layout.
-      stop_token_ids: default `stop_token_ids(tokenizer, template)`.
     """
 
     template: str
     k: int
-    max_new_tokens: int
-    max_prompt_len: int
     batch_size: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    options: SamplingOptions
     seed: int = 0
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
-    stop_token_ids: tuple[int, ...] | None = None
-    decode_segments: int = 1
 
     def __post_init__(self):
         get_template(self.template)
-        for name in ("k", "max_new_tokens", "max_prompt_len", "batch_size"):
+        for name in ("k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0 and self.k > 1:
-            raise ValueError(f"temperature {self.temperature} is greedy: all k={self.k} samples "
-                             "would be the same response; sample at temperature > 0")  # fmt: skip
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.options.greedy and self.k > 1:
+            raise ValueError(
+                f"temperature {self.options.temperature} is greedy: all k={self.k} samples "
+                "would be the same response; sample at temperature > 0"
+            )
 
     def settings(self) -> dict[str, Any]:
         """What decides the pass rates, as JSON (stored next to them to check a resume)."""
-        out = dataclasses.asdict(self)
-        out["reward"] = {key: getattr(self.reward, key) for key in GRADING_KEYS}
-        out["stop_token_ids"] = None if self.stop_token_ids is None else list(self.stop_token_ids)
-        return out
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        o = self.options
+        return {
+            "template": self.template, "k": self.k, "max_new_tokens": o.max_new_tokens,
+            "max_prompt_len": o.max_prompt_len, "batch_size": self.batch_size,
+            "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k, "seed": self.seed,
+            "reward": {key: getattr(self.reward, key) for key in GRADING_KEYS},
+            "stop_token_ids": list(o.stop_token_ids) or None,
+            "stop_strings": list(o.stop_strings) or None,
+        }  # fmt: skip
 
 
 def sample_pass_rates(
@@ -196,47 +190,39 @@ def sample_pass_rates(
     The next batch is generated while a host thread grades the last one.
     """
     s = sampling
+    options = with_template_stops(s.options, tokenizer, s.template)
     render = get_template(s.template).render
-    stop_strings = get_template(s.template).stop_strings
-    stop_ids = s.stop_token_ids
-    stop_ids = tuple(stop_token_ids(tokenizer, s.template) if stop_ids is None else stop_ids)
     todo = [(i, ex) for i, ex in enumerate(examples) if ex.id not in done]
     prompts = tokenizer.batch_encode(
         [render(ex.prompt) for _, ex in todo], add_bos=tokenizer.add_bos_default
     )
-    too_long = [j for j, ids in enumerate(prompts) if len(ids) > s.max_prompt_len]
+    too_long = [j for j, ids in enumerate(prompts) if len(ids) > options.max_prompt_len]
     if too_long:
         j = too_long[0]
         raise ValueError(
             f"prompt {todo[j][1].id!r} has {len(prompts[j])} tokens, more than max_prompt_len="
-            f"{s.max_prompt_len}; {len(too_long)} of {len(prompts)} prompts are too long"
+            f"{options.max_prompt_len}; {len(too_long)} of {len(prompts)} prompts are too long"
         )
-    # Buckets capped at max_prompt_len: a few prompt shapes, each compiled once.
-    buckets = (*(b for b in sampler.DEFAULT_PROMPT_BUCKETS if b < s.max_prompt_len),
-               s.max_prompt_len)  # fmt: skip
     key = jax.random.key(s.seed)
 
-    def generate(start: int) -> tuple[np.ndarray, np.ndarray]:
+    def generate(start: int) -> tuple[np.ndarray, ...]:
         chunk = prompts[start : start + s.batch_size]
         # A short last batch repeats its last prompt: one shape, and no slicing of arrays
         # sharded over other hosts; the extra rows are dropped here, on the host.
         padded = chunk + [chunk[-1]] * (s.batch_size - len(chunk))
-        out = sampler.generate(
-            policy, padded, max_new_tokens=s.max_new_tokens,
-            rng=jax.random.fold_in(key, todo[start][0]), temperature=s.temperature,
-            top_p=s.top_p, top_k=s.top_k, stop_token_ids=stop_ids, pad_id=tokenizer.pad_id,
-            num_samples=s.k, prompt_buckets=buckets, input_sharding=input_sharding,
-            decode_segments=s.decode_segments,
-        )  # fmt: skip
+        out = sampling_lib.generate(
+            policy, padded, options, num_samples=s.k,
+            rng=jax.random.fold_in(key, todo[start][0]), tokenizer=tokenizer,
+            input_sharding=input_sharding,
+        ).output  # fmt: skip
         rows = len(chunk) * s.k
-        return _to_host(out.tokens_bn)[:rows], _to_host(out.lengths_b)[:rows]
+        host = sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
+        return tuple(x[:rows] for x in host)
 
-    def grade(batch: list[Example], tokens_bn: np.ndarray, lengths_b: np.ndarray):
-        texts = []
-        for row_n, length in zip(tokens_bn, lengths_b):
-            text = tokenizer.decode(row_n[:length].tolist())
-            # A multi-token stop string cannot stop the sampler: cut there, as evaluation does.
-            texts.append(cut_at_stop_string(text, stop_strings) or text)
+    def grade(batch: list[Example], tokens_bn, lengths_b, stopped_b):
+        texts = finish_responses(
+            tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings
+        ).texts
         golds = [ex.answer for ex in batch for _ in range(s.k)]
         correct = [v.correct for v in score(texts, golds, config=s.reward, pool=pool)]
         return [

@@ -23,14 +23,20 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from zero_rl import sampler
+from zero_rl import sharding
 from zero_rl.data import Example, apply_template, get_template
-from zero_rl.data.templates import cut_at_stop_string, stop_token_ids
+from zero_rl.data.templates import stop_token_ids
 from zero_rl.eval.policy import params_fingerprint
 from zero_rl.eval.sets import EvalSet, load_eval_set
 from zero_rl.eval.store import GenerationStore
 from zero_rl.eval.summary import earlier_results, graded_record, summarize, write_summary
 from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.sampling import (
+    SamplingOptions,
+    finish_responses,
+    generate_padded,
+    with_template_stops,
+)
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.metrics import SummaryWriter
 from zero_rl.train.rollout import encode_batch
@@ -51,18 +57,12 @@ class _Run:
     params: Any
     tokenizer: Tokenizer
     num_samples: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
-    max_prompt_len: int
+    sampling: SamplingOptions  # with the set's template's stops
     batch_size: int
-    stop_token_ids: tuple[int, ...]
     reward: RewardConfig
     pool: VerifierPool | None
     batch_sharding: jax.sharding.Sharding | None
     is_main: bool
-    decode_segments: int = 1
 
 
 def check_sampling(num_samples: int, temperature: float, ks: Sequence[int] | None) -> None:
@@ -96,14 +96,6 @@ def check_prompt_lengths(
         )
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _generate(run: _Run, examples: Sequence[Example], template: str, rng: jax.Array):
     """Responses to one batch of prompts: tokens [rows, max_new_tokens], lengths [rows] and
     stopped [rows] on the host, rows = len(examples) * num_samples."""
@@ -111,45 +103,27 @@ def _generate(run: _Run, examples: Sequence[Example], template: str, rng: jax.Ar
         examples,
         run.tokenizer,
         template=template,
-        max_prompt_len=run.max_prompt_len,
+        max_prompt_len=run.sampling.max_prompt_len,
         rows=run.batch_size,
     )
     if run.batch_sharding is not None:
         tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), run.batch_sharding)
-    out = sampler.generate_padded(
-        (run.graphdef, run.params),
-        tokens_bt,
-        positions_bt,
-        max_new_tokens=run.max_new_tokens,
-        rng=rng,
-        temperature=run.temperature,
-        top_p=run.top_p,
-        top_k=run.top_k,
-        stop_token_ids=run.stop_token_ids,
-        pad_id=run.tokenizer.pad_id,
-        num_samples=run.num_samples,
-        decode_segments=run.decode_segments,
-    )
+    out = generate_padded(
+        (run.graphdef, run.params), tokens_bt, positions_bt, run.sampling,
+        num_samples=run.num_samples, rng=rng, tokenizer=run.tokenizer,
+    ).output  # fmt: skip
     keep = len(examples) * run.num_samples
-    return tuple(_to_host(x)[:keep] for x in (out.tokens_bn, out.lengths_b, out.stopped_b))
+    host = sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
+    return tuple(x[:keep] for x in host)
 
 
 def _grade(run, examples, template, tokens_bn, lengths_b, stopped_b) -> list[dict[str, Any]]:
     """Decodes and grades one batch: a record (see `RECORD_FIELDS`) per response."""
-    stop_strings = get_template(template).stop_strings
-    texts, lengths, truncated = [], [], []
-    for row_n, length, stopped in zip(tokens_bn, lengths_b, stopped_b):
-        text = run.tokenizer.decode(row_n[:length].tolist())
-        cut = cut_at_stop_string(text, stop_strings)
-        if cut is not None:
-            stopped = True
-            if cut != text:
-                text, length = cut, min(int(length), len(run.tokenizer.encode(cut)))
-        texts.append(text)
-        lengths.append(int(length))
-        truncated.append(not bool(stopped))
+    responses = finish_responses(
+        run.tokenizer, tokens_bn, lengths_b, stopped_b, run.sampling.stop_strings
+    )
     golds = [ex.answer for ex in examples for _ in range(run.num_samples)]
-    verdicts = score(texts, golds, config=run.reward, pool=run.pool)
+    verdicts = score(responses.texts, golds, config=run.reward, pool=run.pool)
     records = []
     for row, verdict in enumerate(verdicts):
         example = examples[row // run.num_samples]
@@ -158,11 +132,11 @@ def _grade(run, examples, template, tokens_bn, lengths_b, stopped_b) -> list[dic
                 example.id,
                 row % run.num_samples,
                 example.prompt,
-                texts[row],
+                responses.texts[row],
                 golds[row],
                 verdict,
-                lengths[row],
-                truncated[row],
+                int(responses.lengths[row]),
+                not responses.stopped[row],
             )
         )
     return records
@@ -232,14 +206,9 @@ def run_benchmarks(
     benchmarks: Sequence[str | EvalSet],
     out_dir: str,
     template: str,
+    sampling: SamplingOptions,
     num_samples: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    max_new_tokens: int,
-    max_prompt_len: int,
     batch_size: int,
-    stop_token_ids: Sequence[int] | None = None,
     reward: RewardConfig | None = None,
     pool: VerifierPool | None = None,
     seed: int = 0,
@@ -249,7 +218,6 @@ def run_benchmarks(
     writer: SummaryWriter | None = None,
     step: int = 0,
     progress: bool = True,
-    decode_segments: int = 1,
     policy_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a policy on benchmarks; writes generations, summary.json and TB scalars.
@@ -265,10 +233,11 @@ def run_benchmarks(
         (`OutputDirError`), before anything is generated. Benchmarks evaluated in out_dir by
         earlier calls stay in its summary.json.
       template: prompt template name (`zero_rl.data.TEMPLATES`).
-      num_samples: responses per problem; temperature 0 is greedy and needs 1 sample.
+      sampling: how responses are drawn; each set's template adds its stop ids and strings
+        (`zero_rl.sampling.with_template_stops`). Temperature 0 is greedy.
+      num_samples: responses per problem; greedy decoding needs 1 sample.
       batch_size: problems per sampler call, a fixed shape (batch_size * num_samples rows);
         a multiple of the batch-sharding devices when `batch_sharding` is given.
-      stop_token_ids: default `default_stop_token_ids(tokenizer, template)`.
       reward: grading rules (`RewardConfig()` by default); pool: verifier pool (default: the
         module-level one).
       seed: sampling seed; the samples of a problem depend on it and on `batch_size` (a
@@ -286,7 +255,8 @@ def run_benchmarks(
     """
     if batch_size < 1:
         raise ValueError(f"need batch_size >= 1, got {batch_size}")
-    check_sampling(num_samples, temperature, ks)
+    check_sampling(num_samples, sampling.temperature, ks)
+    max_prompt_len = sampling.max_prompt_len
     if not benchmarks:
         raise ValueError("run_benchmarks got no benchmarks")
     get_template(template)
@@ -305,25 +275,19 @@ def run_benchmarks(
         params=params,
         tokenizer=tokenizer,
         num_samples=num_samples,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=int(top_k),
-        max_new_tokens=max_new_tokens,
-        max_prompt_len=max_prompt_len,
+        sampling=sampling,  # the stops are added per set: they depend on its template
         batch_size=batch_size,
-        stop_token_ids=(),  # per set: it depends on the set's template
         reward=reward,
         pool=pool,
         batch_sharding=batch_sharding,
         is_main=is_main,
-        decode_segments=decode_segments,
     )
     settings: dict[str, Any] = {
         "num_samples": num_samples,
-        "temperature": run.temperature,
-        "top_p": run.top_p,
-        "top_k": run.top_k,
-        "max_new_tokens": max_new_tokens,
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+        "top_k": int(sampling.top_k),
+        "max_new_tokens": sampling.max_new_tokens,
         "max_prompt_len": max_prompt_len,
         "seed": seed,
         # The policy: resuming must never mix two policies' responses (every HF model is at
@@ -336,19 +300,19 @@ def run_benchmarks(
     plans = []  # every set's store is checked before any generation
     for eval_set in sets:
         set_template = eval_set.template or template
-        set_stop_ids = tuple(
-            default_stop_token_ids(tokenizer, set_template)
-            if stop_token_ids is None
-            else stop_token_ids
-        )
-        set_settings = settings | {"template": set_template, "stop_token_ids": list(set_stop_ids)}
+        set_sampling = with_template_stops(sampling, tokenizer, set_template)
+        set_settings = settings | {
+            "template": set_template,
+            "stop_token_ids": list(set_sampling.stop_token_ids),
+            "stop_strings": list(set_sampling.stop_strings),
+        }
         store = GenerationStore(
             os.path.join(out_dir, eval_set.name), set_settings, writable=is_main
         )
-        plans.append((eval_set, set_template, set_stop_ids, set_settings, store))
+        plans.append((eval_set, set_template, set_sampling, set_settings, store))
     summaries = {}
-    for eval_set, set_template, set_stop_ids, _, store in plans:
-        set_run = dataclasses.replace(run, stop_token_ids=set_stop_ids)
+    for eval_set, set_template, set_sampling, _, store in plans:
+        set_run = dataclasses.replace(run, sampling=set_sampling)
         rng = jax.random.fold_in(jax.random.key(seed), zlib.crc32(eval_set.name.encode()))
         records = _evaluate_set(set_run, eval_set, set_template, store, rng, progress)
         summaries[eval_set.name] = summarize(records, ks=ks)

@@ -10,6 +10,8 @@ from zero_rl.sampling.generate import (
     generate,
     generate_padded,
     resolve_slots,
+    template_stops,
+    with_template_stops,
 )
 from zero_rl.sampling.options import ENGINES, SamplingOptions
 from zero_rl.sampling.stops import build_stop_table, stop_table
@@ -29,4 +31,6 @@ __all__ = [
     "generate_padded",
     "resolve_slots",
     "stop_table",
+    "template_stops",
+    "with_template_stops",
 ]

@@ -24,6 +24,7 @@ on how many slots there are or which slot it ran in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -50,13 +51,16 @@ class EngineStatic:
     cache_dtype: str | None
     unroll_layers: bool
     match_state: int  # the stop-string table's absorbing state (-1: no stop strings)
+    drain_phases: int = 0  # halvings of the pool once no prompt waits (see `_run`)
 
 
 class EngineStats(NamedTuple):
-    """Device scalars of one engine call: decode steps run, slot-steps that sampled a token of
-    a live response (utilisation = live_slot_steps / (decode_steps * slots)), prefill calls."""
+    """Device scalars of one engine call: decode steps run; slot-steps run (each step counts
+    its pool's slots) and those that sampled a token of a live response (utilisation =
+    live_slot_steps / slot_steps); prefill calls."""
 
     decode_steps: jax.Array
+    slot_steps: jax.Array
     live_slot_steps: jax.Array
     prefills: jax.Array
 
@@ -74,8 +78,46 @@ class _LoopState(NamedTuple):
     logprobs_rn: jax.Array
     lengths_r: jax.Array
     stopped_r: jax.Array
+    slot_steps: jax.Array
     live_slot_steps: jax.Array
     prefills: jax.Array
+
+
+def drain_phases(slots: int, requested: int) -> int:
+    """How many times the pool halves as it drains: `requested`, fewer if `slots` does not
+    halve evenly that often."""
+    phases = 0
+    while phases < requested and slots % 2 == 0 and slots > 1:
+        slots //= 2
+        phases += 1
+    return phases
+
+
+def _compact(st: _LoopState, keep: int, unroll_layers: bool) -> _LoopState:
+    """The `keep` slots holding live rows first (all live ones fit), as a pool of `keep`."""
+    index_k = jnp.argsort(st.row_s < 0, stable=True)[:keep]
+
+    def take(x, axis=0):
+        return jnp.take(x, index_k, axis=axis)
+
+    axes = DecodeCache.LAYER_AXES if unroll_layers else DecodeCache.LOGICAL_AXES
+
+    def groups(cache_groups):  # the pool's slots are the batch axis, sharded as before
+        return tuple(
+            tuple(constrain(take(c, 0 if unroll_layers else 1), axes) for c in chunks)
+            for chunks in cache_groups
+        )
+
+    pos = tuple(constrain(take(p), ("batch", "cache_length")) for p in st.cache.pos)
+    cache = DecodeCache(groups(st.cache.k), groups(st.cache.v), pos)
+    return st._replace(
+        cache=cache,
+        logits_sv=take(st.logits_sv),
+        row_s=take(st.row_s),
+        count_s=take(st.count_s),
+        first_pos_s=take(st.first_pos_s),
+        stop_state_s=take(st.stop_state_s),
+    )
 
 
 def _empty_cache(cfg, slots: int, prompt_len: int, static: EngineStatic) -> DecodeCache:
@@ -205,8 +247,9 @@ def _run(
 
         return jax.vmap(one)(row_s, count_s, scaled_sv).astype(jnp.int32)
 
-    def step(st: _LoopState) -> _LoopState:
-        st = jax.lax.while_loop(can_refill, refill, st)
+    def step(st: _LoopState, refills: bool = True) -> _LoopState:
+        if refills:
+            st = jax.lax.while_loop(can_refill, refill, st)
         live_s = st.row_s >= 0
         token_s = draw(st.logits_sv, st.row_s, st.count_s)
         logp_s = jnp.take_along_axis(st.logits_sv, token_s[:, None], axis=-1)[:, 0]
@@ -243,6 +286,7 @@ def _run(
             logprobs_rn=logprobs_rn,
             lengths_r=lengths_r,
             stopped_r=stopped_r,
+            slot_steps=st.slot_steps + live_s.shape[0],
             live_slot_steps=st.live_slot_steps + jnp.sum(live_s),
         )
 
@@ -263,15 +307,33 @@ def _run(
         logprobs_rn=constrain(jnp.zeros((rows, n), jnp.float32), ("batch", None)),
         lengths_r=jnp.zeros((rows,), jnp.int32),
         stopped_r=jnp.zeros((rows,), bool),
+        slot_steps=jnp.int32(0),
         live_slot_steps=jnp.int32(0),
         prefills=jnp.int32(0),
     )
-    st = jax.lax.while_loop(running, step, init)
+    # Once no prompt waits, the pool only drains: each time at most half its slots are live,
+    # they move to a pool half as large, so the last, longest responses do not each drag a
+    # full pool of finished slots through every step. Each phase is one more decode loop in
+    # the program (no prefill in it).
+    phases = drain_phases(slots, static.drain_phases)
+
+    def keep_going(st, pool):
+        shrink = (st.next_prompt >= num_prompts) & (jnp.sum(st.row_s >= 0) <= pool // 2)
+        return running(st) & ~shrink
+
+    pool = slots
+    st = jax.lax.while_loop(functools.partial(keep_going, pool=pool) if phases else running,
+                            step, init)  # fmt: skip
+    for phase in range(1, phases + 1):
+        pool //= 2
+        st = _compact(st, pool, static.unroll_layers)
+        cond = functools.partial(keep_going, pool=pool) if phase < phases else running
+        st = jax.lax.while_loop(cond, functools.partial(step, refills=False), st)
     out = SampleOutput(
         st.tokens_rn, st.logprobs_rn, st.lengths_r, st.stopped_r,
         jnp.full((rows,), st.step, jnp.int32),
     )  # fmt: skip
-    return out, EngineStats(st.step, st.live_slot_steps, st.prefills)
+    return out, EngineStats(st.step, st.slot_steps, st.live_slot_steps, st.prefills)
 
 
 run_jit = jax.jit(_run, static_argnames=("graphdef", "static"))

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from zero_rl import sampler
-from zero_rl.data.templates import cut_at_stop_string
+from zero_rl.data.templates import cut_at_stop_string, get_template, stop_token_ids
 from zero_rl.models.transformer import Transformer
 from zero_rl.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput
 from zero_rl.sampling.engine import EngineStatic, EngineStats, run_jit
@@ -38,6 +38,24 @@ class Samples(NamedTuple):
 
 def _split(policy) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(policy) if isinstance(policy, Transformer) else policy
+
+
+def template_stops(tokenizer: Tokenizer, template: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """What ends a response under `template`: the tokenizer's stop ids with the template's
+    stop strings that are single tokens, and the template's stop strings."""
+    ids = tuple(stop_token_ids(tokenizer, template))
+    return ids, tuple(get_template(template).stop_strings)
+
+
+def with_template_stops(
+    options: SamplingOptions, tokenizer: Tokenizer, template: str
+) -> SamplingOptions:
+    """`options` with `template_stops` added to its own stop ids and strings."""
+    ids, strings = template_stops(tokenizer, template)
+    return options.replace(
+        stop_token_ids=tuple(dict.fromkeys(options.stop_token_ids + ids)),
+        stop_strings=tuple(dict.fromkeys(options.stop_strings + strings)),
+    )
 
 
 def resolve_slots(options: SamplingOptions, rows: int, num_samples: int) -> int:
@@ -116,6 +134,7 @@ def generate_padded(
         cache_dtype=options.cache_dtype,
         unroll_layers=sampler._unroll_layers(params),
         match_state=match_state(table),
+        drain_phases=options.drain_phases,
     )
     out, stats = run_jit(
         graphdef, params, jnp.asarray(tokens_pt), jnp.asarray(positions_pt), max_new_r,

@@ -27,6 +27,9 @@ class SamplingOptions:
       no refilling); a multiple of the batch-parallel devices and at least the samples per
       prompt, since a prompt's samples start together from one shared prefill.
     prefill_prompts: prompts prefilled together when slots free up (continuous engine).
+    drain_phases: continuous engine: once no prompt waits, each time at most half the pool
+      is live the live rows move to a pool half as large, up to this many times (each is one
+      more decode loop to compile; 0 = off).
     prompts_per_call: static engine only: prompts per sampler call (0 = all).
     decode_segments: static engine only: decode loops of growing attended cache length.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
@@ -42,6 +45,7 @@ class SamplingOptions:
     engine: str = "continuous"
     slots: int = 0
     prefill_prompts: int = 1
+    drain_phases: int = 3
     prompts_per_call: int = 0
     decode_segments: int = 1
     cache_dtype: str | None = None
@@ -53,7 +57,7 @@ class SamplingOptions:
         for name in ("max_prompt_len", "max_new_tokens", "prefill_prompts", "decode_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sampling option {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("slots", "prompts_per_call", "top_k"):
+        for name in ("slots", "prompts_per_call", "top_k", "drain_phases"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sampling option {name} must be >= 0, got {getattr(self, name)}")
         if self.temperature < 0:

@@ -20,6 +20,7 @@ from zero_rl.models.config import ModelConfig, get_preset
 from zero_rl.rewards import DATASETS, RewardConfig
 from zero_rl.rl import ESTIMATORS, LossConfig
 from zero_rl.rl.masking import check_choice
+from zero_rl.sampling.options import SamplingOptions
 from zero_rl.train.optim import SCHEDULES
 
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny_addition.model")
@@ -115,6 +116,18 @@ def base_config() -> ml_collections.ConfigDict:
     # end of it, not the whole cache (same outputs; the decode program is that many times
     # larger to compile). Speeds up long responses; 4 in the 8K SimpleRL-Zoo configs.
     c.sampling.decode_segments = 1
+    # The rollout engine: "continuous" (a pool of sampling.slots rows, a row whose response
+    # ends refilled with the next prompt inside the compiled loop) or "static" (each call
+    # decodes until its longest response ends; prompts_per_call and decode_segments apply).
+    c.sampling.engine = "continuous"
+    # Rows of the engine's KV cache, slots x (max_prompt_len + max_new_tokens) tokens: the
+    # knob that bounds rollout memory (0 = one per response of the batch, no refilling). A
+    # multiple of the batch-parallel devices, at least rl.num_samples.
+    c.sampling.slots = 0
+    c.sampling.prefill_prompts = 1  # prompts prefilled together when slots free up
+    # Once no prompt waits, the pool halves (live rows moved) each time half of it is idle,
+    # up to this many times: the longest responses then run in a smaller pool.
+    c.sampling.drain_phases = 3
 
     c.rl = ml_collections.ConfigDict()
     c.rl.num_prompts = 1024
@@ -221,7 +234,10 @@ def simplerl_zoo_config(
     c.data.template = ""  # the family default (zero_rl.data.default_template)
     c.sampling.max_prompt_len = 1024
     c.sampling.max_new_tokens = max_response_len
-    c.sampling.decode_segments = 4
+    c.sampling.decode_segments = 4  # the static engine's
+    # 256 slots: 32 responses per slot at 1024 x 8, and 16 slots per device on 16 devices (a
+    # 7B model's 256 x 9216-token cache is 309 GB in bf16).
+    c.sampling.slots = 256
     c.rl.num_prompts = 1024
     c.rl.num_samples = 8
     c.rl.minibatch_size = 256 * 8  # 256 prompts' groups per optimiser step: 4 updates per step
@@ -359,8 +375,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_choice("data.gold_format", d.gold_format, tuple(sorted(DATASETS)))
     for block, optim in (("optim", config.optim), ("sft.optim", config.sft.optim)):
         check_choice(f"{block}.schedule", optim.schedule, SCHEDULES)
-    loss_config(config)  # LossConfig and RewardConfig check their own fields
+    loss_config(config)  # LossConfig, RewardConfig and SamplingOptions check their own fields
     reward_config(config)
+    sampling_options(config)
+    sampling_options(config, evaluation=True)
+    if 0 < config.sampling.slots < config.rl.num_samples:
+        raise ValueError(
+            f"config.sampling.slots={config.sampling.slots} is less than rl.num_samples="
+            f"{config.rl.num_samples}: a prompt's samples start together from one prefill"
+        )
     for key in ("total_steps", "log_every", "rl.num_prompts", "rl.num_samples", "rl.minibatch_size",
                 "rl.epochs", "rl.max_draws", "sampling.max_prompt_len",
                 "sampling.max_new_tokens"):  # fmt: skip
@@ -393,6 +416,7 @@ _RERUN_SAFE = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
     "num_sample_texts", "progress_bars", "hardware", "eval.", "mesh.", "sharding.",
     "reward.num_workers", "sampling.prompts_per_call", "sampling.decode_segments",
+    "sampling.slots", "sampling.prefill_prompts", "sampling.drain_phases",
     "sampling.eval_max_new_tokens", "model.remat", "model.attention", "model.attention_chunk",
     "rl.microbatch_size", "rl.logprob_chunk", "sft.log_every", "sft.checkpoint_every",
 )  # fmt: skip
@@ -488,6 +512,33 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
 
 def reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
     return RewardConfig(**config.reward.to_dict())
+
+
+def sampling_options(
+    config: ml_collections.ConfigDict,
+    *,
+    evaluation: bool = False,
+    stop_token_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+) -> SamplingOptions:
+    """`config.sampling` as the `SamplingOptions` every sampling caller takes: the rollout's,
+    or with `evaluation` the evaluation's (`eval.temperature`, `eval.top_p`,
+    `sampling.eval_max_new_tokens`). Stops are the template's (`template_stops`)."""
+    s = config.sampling
+    options = SamplingOptions(
+        max_prompt_len=s.max_prompt_len, max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        stop_token_ids=tuple(stop_token_ids), stop_strings=tuple(stop_strings),
+        engine=s.engine, slots=s.slots, prefill_prompts=s.prefill_prompts,
+        drain_phases=s.drain_phases,
+        prompts_per_call=s.prompts_per_call, decode_segments=s.decode_segments,
+    )  # fmt: skip
+    if not evaluation:
+        return options
+    return options.replace(
+        temperature=config.eval.temperature, top_p=config.eval.top_p,
+        max_new_tokens=s.eval_max_new_tokens or s.max_new_tokens,
+    )  # fmt: skip
 
 
 def tokenizer_path(config: ml_collections.ConfigDict, hf_model: str | None = None) -> str:

@@ -9,11 +9,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from zero_rl import sampler, sharding
+from zero_rl import sharding
 from zero_rl.data.records import Example
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score
+from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.rollout import decode_responses, encode_batch
+from zero_rl.train.rollout import encode_batch
 
 
 @dataclasses.dataclass
@@ -32,25 +33,22 @@ def evaluate(
     *,
     tokenizer: Tokenizer,
     template: str,
-    max_prompt_len: int,
-    max_new_tokens: int,
+    sampling: SamplingOptions,
     batch_size: int,
-    stop_token_ids: Sequence[int],
     reward: RewardConfig,
     pool: VerifierPool | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
     num_samples: int = 1,
     rng: jax.Array | None = None,
     batch_sharding: jax.sharding.Sharding | None = None,
-    decode_segments: int = 1,
     progress: bool = False,
 ) -> EvalResult:
     """Generates for every example in fixed-shape batches of `batch_size` prompts (the last one
     padded with empty rows) and scores with the verifier; accuracy is the mean over all samples.
 
-    Responses are graded up to the template's first stop string, as in training rollouts.
-    `progress` shows a bar over the batches on process 0 when stderr is a terminal.
+    `sampling` carries the decoding settings and the stops (add the template's with
+    `zero_rl.sampling.with_template_stops`); responses are finished by
+    `zero_rl.sampling.finish_responses`, as training rollouts are. `progress` shows a bar over
+    the batches on process 0 when stderr is a terminal.
     """
     if not examples:
         raise ValueError("evaluate got no examples")
@@ -62,31 +60,26 @@ def evaluate(
     for start in tqdm(starts, desc="eval", unit="batch", disable=None if show else True):
         chunk = list(examples[start : start + batch_size])
         tokens_bt, positions_bt = encode_batch(
-            chunk, tokenizer, template=template, max_prompt_len=max_prompt_len, rows=batch_size
-        )
+            chunk, tokenizer, template=template, max_prompt_len=sampling.max_prompt_len,
+            rows=batch_size,
+        )  # fmt: skip
         if batch_sharding is not None:
             tokens_bt, positions_bt = jax.device_put((tokens_bt, positions_bt), batch_sharding)
-        out = sampler.generate_padded(
-            (graphdef, params),
-            tokens_bt,
-            positions_bt,
-            max_new_tokens=max_new_tokens,
-            rng=jax.random.fold_in(rng, start),
-            temperature=temperature,
-            top_p=top_p,
-            stop_token_ids=stop_token_ids,
-            pad_id=tokenizer.pad_id,
-            num_samples=num_samples,
-            decode_segments=decode_segments,
-        )
+        out = generate_padded(
+            (graphdef, params), tokens_bt, positions_bt, sampling, num_samples=num_samples,
+            rng=jax.random.fold_in(rng, start), tokenizer=tokenizer,
+        ).output  # fmt: skip
         keep = len(chunk) * num_samples
         # Every process holds the same examples and scores all of them (eval is small).
         tokens_bn, lengths_b, stopped_b = (
             x[:keep] for x in sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
         )
-        texts += decode_responses(tokenizer, template, tokens_bn, lengths_b)
-        lengths.append(lengths_b)
-        stopped.append(stopped_b)
+        responses = finish_responses(
+            tokenizer, tokens_bn, lengths_b, stopped_b, sampling.stop_strings
+        )
+        texts += responses.texts
+        lengths.append(responses.lengths)
+        stopped.append(responses.stopped)
     answers = [ex.answer for ex in examples for _ in range(num_samples)]
     verdicts = score(texts, answers, config=reward, pool=pool)
     return EvalResult(

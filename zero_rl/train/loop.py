@@ -52,25 +52,22 @@ from zero_rl.train.run import (
 log = logging.getLogger(__name__)
 
 
-def _run_benchmarks(config, graphdef, params, step, *, workdir, writer, **kwargs) -> None:
+def _run_benchmarks(run: Run, params, step, *, writer, pool) -> None:
     """The chosen benchmarks (`config.eval`), one output directory per step; TensorBoard gets
     `eval/<benchmark>/accuracy` and friends."""
     from zero_rl.eval import run_benchmarks  # noqa: PLC0415 - only when benchmarks are asked for
 
-    e = config.eval
+    config, e = run.config, run.config.eval
     run_benchmarks(
-        graphdef, params, benchmarks=benchmark_names(config),
-        out_dir=os.path.join(workdir, "eval", f"step_{step:06d}"), num_samples=e.num_samples,
-        temperature=e.temperature, top_p=e.top_p, limit=e.limit or None,
-        max_new_tokens=config.sampling.eval_max_new_tokens or config.sampling.max_new_tokens,
-        max_prompt_len=config.sampling.max_prompt_len, batch_size=config.rl.num_prompts,
-        stop_token_ids=kwargs.pop("stop_ids"), writer=writer, step=step,
+        run.graphdef, params, tokenizer=run.tokenizer, benchmarks=benchmark_names(config),
+        out_dir=os.path.join(run.workdir, "eval", f"step_{step:06d}"), template=run.template,
+        sampling=run.eval_sampling, num_samples=e.num_samples, limit=e.limit or None,
+        batch_size=config.rl.num_prompts, reward=run.reward_cfg, pool=pool,
+        batch_sharding=run.batch_sharding, writer=writer, step=step,
         progress=show_progress(config),
-        decode_segments=config.sampling.decode_segments,
         # The step identifies the policy: a step replayed after a crash mid-evaluation resumes
         # its own generations even where training is not bit-reproducible (accelerators).
         policy_id=f"training step {step}",
-        **kwargs,
     )  # fmt: skip
 
 
@@ -180,23 +177,19 @@ def _restore_or_start(run: Run, ckpt: Checkpointer, iterator: PromptIterator):
 def _evaluate(run: Run, params, step: int, writer: SummaryWriter, pool) -> float:
     """Held-out greedy accuracy on data.eval (`eval/accuracy`), plus config.eval's benchmarks."""
     c = run.config
-    max_new = c.sampling.eval_max_new_tokens or c.sampling.max_new_tokens
+    # Held-out accuracy is greedy, whatever eval.temperature says for the benchmarks.
     result = evaluate(
         run.graphdef, params, run.eval_examples, tokenizer=run.tokenizer, template=run.template,
-        max_prompt_len=c.sampling.max_prompt_len, max_new_tokens=max_new,
-        batch_size=c.rl.num_prompts, stop_token_ids=run.stop_ids, reward=run.reward_cfg,
-        pool=pool, batch_sharding=run.batch_sharding,
-        decode_segments=c.sampling.decode_segments, progress=show_progress(c),
+        sampling=run.eval_sampling.replace(temperature=0.0), batch_size=c.rl.num_prompts,
+        reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
+        progress=show_progress(c),
     )  # fmt: skip
     writer.scalars(step, {"eval/accuracy": result.accuracy})
     if jax.process_index() == 0:
         log.info("step %d eval/accuracy %.3f (%d examples)", step, result.accuracy,
                  len(run.eval_examples))  # fmt: skip
     if c.eval.benchmarks:
-        _run_benchmarks(c, run.graphdef, params, step, workdir=run.workdir, writer=writer,
-                        tokenizer=run.tokenizer, template=run.template, stop_ids=run.stop_ids,
-                        reward=run.reward_cfg, pool=pool,
-                        batch_sharding=run.batch_sharding)  # fmt: skip
+        _run_benchmarks(run, params, step, writer=writer, pool=pool)
     return result.accuracy
 
 
@@ -204,7 +197,7 @@ def _collector(run: Run, pool: VerifierPool) -> RolloutCollector:
     rl = run.config.rl
     return RolloutCollector(
         graphdef=run.graphdef, tokenizer=run.tokenizer, template=run.template,
-        stop_token_ids=run.stop_ids, sampling=run.sampling, num_samples=rl.num_samples,
+        sampling=run.sampling, num_samples=rl.num_samples,
         reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
         logprob_chunks=run.opts.num_minibatches * run.opts.num_microbatches,
         logprob_chunk_len=rl.logprob_chunk, with_values=run.model_cfg.value_head,

@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zero_rl import sampler, sharding
+from zero_rl import sharding
 from zero_rl.data.iterator import make_prompt_batch
 from zero_rl.data.records import Example
-from zero_rl.data.templates import cut_at_stop_string, get_template
+from zero_rl.data.templates import get_template
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
+from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
 
@@ -47,11 +48,10 @@ def decode_responses(
     tokenizer: Tokenizer, template: str, tokens_bn: np.ndarray, lengths_b: np.ndarray
 ) -> list[str]:
     """Response texts from host tokens [rows, N] and lengths [rows], each cut after the
-    template's first stop string: a multi-token stop string (r1_zero's "</answer>") cannot stop
-    the sampler, so the text is graded up to it, as a serving engine's `stop=` would."""
+    template's first stop string (`zero_rl.sampling.finish_responses`'s definition)."""
     stops = get_template(template).stop_strings
-    texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens_bn, lengths_b)]
-    return [cut_at_stop_string(t, stops) or t for t in texts]
+    stopped_b = np.zeros(len(lengths_b), bool)
+    return finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b, stops).texts
 
 
 def fit_prompts(
@@ -83,17 +83,6 @@ def fit_prompts(
     log.warning("%s; left out", message)
     skip = set(too_long)
     return [ex for i, ex in enumerate(examples) if i not in skip]
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingOptions:
-    max_prompt_len: int
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    prompts_per_call: int = 0  # 0 = the whole batch in one sampler call
-    decode_segments: int = 1  # decode loops of growing attended cache length
 
 
 @dataclasses.dataclass
@@ -144,7 +133,6 @@ class RolloutCollector:
         graphdef,
         tokenizer: Tokenizer,
         template: str,
-        stop_token_ids: Sequence[int],
         sampling: SamplingOptions,
         num_samples: int,
         reward: RewardConfig,
@@ -157,8 +145,7 @@ class RolloutCollector:
         self.graphdef = graphdef
         self.tokenizer = tokenizer
         self.template = template
-        self.stop_token_ids = tuple(stop_token_ids)
-        self.sampling = sampling
+        self.sampling = sampling  # with the template's stop ids and strings
         self.num_samples = num_samples
         self.reward = reward
         self.pool = pool
@@ -202,21 +189,11 @@ class RolloutCollector:
                 examples, self.tokenizer, template=self.template, max_prompt_len=s.max_prompt_len
             )
         )
-        out = sampler.generate_padded(
-            (self.graphdef, params),
-            prompt_tokens,
-            prompt_positions,
-            max_new_tokens=s.max_new_tokens,
-            rng=rng,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            stop_token_ids=self.stop_token_ids,
-            pad_id=self.tokenizer.pad_id,
-            num_samples=self.num_samples,
-            prompts_per_call=s.prompts_per_call,
-            decode_segments=s.decode_segments,
-        )
+        samples = generate_padded(
+            (self.graphdef, params), prompt_tokens, prompt_positions, s,
+            num_samples=self.num_samples, rng=rng, tokenizer=self.tokenizer,
+        )  # fmt: skip
+        out = samples.output
         tokens, positions, mask_bn = _assemble(
             prompt_tokens, prompt_positions, out.tokens_bn, out.lengths_b, self.num_samples
         )
@@ -232,7 +209,10 @@ class RolloutCollector:
         )
         tokens_bn, lengths_b, stopped_b = self._local(out.tokens_bn, out.lengths_b, out.stopped_b)
         sample_time = time.perf_counter() - start
-        texts = decode_responses(self.tokenizer, self.template, tokens_bn, lengths_b)
+        responses = finish_responses(
+            self.tokenizer, tokens_bn, lengths_b, stopped_b, s.stop_strings
+        )
+        texts, lengths_b, stopped_b = responses.texts, responses.lengths, responses.stopped
         answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
         verify_start = time.perf_counter()
         verdicts = score(texts, answers, config=self.reward, pool=self.pool)
@@ -269,6 +249,12 @@ class RolloutCollector:
             "perf/verify_time_s": verify_time,
             "perf/sample_tokens": float(global_rows["length"].sum()),
         }
+        if samples.stats is not None:  # live slot-steps over all slot-steps of the engine
+            steps, slot_steps, live = _replicated_scalars(
+                samples.stats.decode_steps, samples.stats.slot_steps, samples.stats.live_slot_steps
+            )
+            stats["perf/slot_utilisation"] = live / max(slot_steps, 1)
+            stats["perf/decode_steps"] = float(steps)
         host_rewards_pg = rewards_b.reshape(len(examples), self.num_samples)
         rewards_pg, group_mask_p = self._put(host_rewards_pg, np.ones((len(examples),), np.float32))
         rollout = Rollout(
@@ -285,6 +271,12 @@ class RolloutCollector:
         return RolloutResult(
             rollout, list(examples), texts, verdicts, stopped_b, stats, host_rewards_pg
         )
+
+
+def _replicated_scalars(*xs: jax.Array) -> list[int]:
+    """Replicated device scalars (every process holds them) on the host."""
+    with jax.transfer_guard_device_to_host("allow"):
+        return [int(np.asarray(x.addressable_data(0))) for x in xs]
 
 
 @jax.jit

@@ -24,13 +24,13 @@ from zero_rl.data import (
     select_difficulty,
 )
 from zero_rl.data.synthetic import AdditionTask
-from zero_rl.data.templates import stop_token_ids
 from zero_rl.models import abstract_params
+from zero_rl.sampling import SamplingOptions, template_stops
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train.optim import make_optimizer
 from zero_rl.train.rl_step import UpdateOptions
-from zero_rl.train.rollout import SamplingOptions, fit_prompts
+from zero_rl.train.rollout import fit_prompts
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def update_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         ("rl.num_prompts", rl.num_prompts, batch_devices),
         ("rl.num_prompts", rl.num_prompts, per_call),
         ("sampling.prompts_per_call", per_call, batch_devices),
+        ("sampling.slots", config.sampling.slots, batch_devices),
         ("rl.num_prompts * rl.num_samples", rows, rl.minibatch_size),
         ("rl.minibatch_size", rl.minibatch_size, microbatch),
         ("rl.microbatch_size", microbatch, batch_devices),
@@ -150,7 +151,8 @@ class Run:
     tx: object
     schedule: object
     reward_cfg: object
-    sampling: SamplingOptions
+    sampling: SamplingOptions  # the rollout's, with the template's stops
+    eval_sampling: SamplingOptions  # evaluation's (eval.temperature, eval_max_new_tokens)
 
     @property
     def needs_ref(self) -> bool:
@@ -185,21 +187,21 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
     tx, schedule = make_optimizer(
         config.optim, config.total_steps * opts.epochs * opts.num_minibatches
     )
-    s = config.sampling
+    stop_ids, stop_strings = template_stops(tokenizer, template)
     return Run(
         config=config, workdir=workdir, mesh=mesh, rules=rules,
         batch_sharding=jax.sharding.NamedSharding(
             mesh, sharding.logical_to_spec(("batch", "length"), rules)
         ),
-        tokenizer=tokenizer, template=template, stop_ids=stop_token_ids(tokenizer, template),
+        tokenizer=tokenizer, template=template, stop_ids=list(stop_ids),
         train_examples=train_examples, eval_examples=eval_examples, model_cfg=model_cfg,
         graphdef=abstract_params(model_cfg)[0], opts=opts, tx=tx, schedule=schedule,
         reward_cfg=config_lib.reward_config(config),
-        sampling=SamplingOptions(max_prompt_len=s.max_prompt_len,
-                                 max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                 top_p=s.top_p, top_k=s.top_k,
-                                 prompts_per_call=s.prompts_per_call,
-                                 decode_segments=s.decode_segments),
+        sampling=config_lib.sampling_options(config, stop_token_ids=stop_ids,
+                                             stop_strings=stop_strings),
+        eval_sampling=config_lib.sampling_options(config, evaluation=True,
+                                                  stop_token_ids=stop_ids,
+                                                  stop_strings=stop_strings),
     )  # fmt: skip
 
 
