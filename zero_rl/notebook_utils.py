@@ -112,18 +112,26 @@ def sample(
     *,
     num_samples: int = 1,
     temperature: float | None = None,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | Sequence[int] | None = None,
     rng: jax.Array | None = None,
 ) -> list[str]:
     """`num_samples` responses per question (samples of a question adjacent), as text.
 
     Questions are rendered with the run's template; `temperature` (0 = greedy) and
-    `max_new_tokens` default to the run's sampling settings.
+    `max_new_tokens` default to the run's sampling settings. `max_new_tokens` may be a list:
+    one budget per question.
     """
     if isinstance(questions, str):
         raise TypeError("sample takes a list of questions, got a single str")
     tokenizer = policy.tokenizer
     options = with_template_stops(sampling_options(policy.config), tokenizer, policy.template)
+    budgets = None
+    if isinstance(max_new_tokens, Sequence):
+        if len(max_new_tokens) != len(questions):
+            raise ValueError(f"max_new_tokens has {len(max_new_tokens)} budgets for "
+                             f"{len(questions)} questions")  # fmt: skip
+        budgets = [int(n) for n in max_new_tokens for _ in range(num_samples)]
+        max_new_tokens = max(budgets)
     options = options.replace(
         max_new_tokens=max_new_tokens or options.max_new_tokens,
         temperature=options.temperature if temperature is None else temperature,
@@ -136,6 +144,7 @@ def sample(
     out = generate(
         (policy.graphdef, policy.params), prompts, options, num_samples=num_samples,
         rng=jax.random.key(0) if rng is None else rng, tokenizer=tokenizer,
+        row_max_new_tokens=budgets,
     ).output  # fmt: skip
     tokens_bn, lengths_b, stopped_b = jax.device_get((out.tokens_bn, out.lengths_b, out.stopped_b))
     return finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings).texts

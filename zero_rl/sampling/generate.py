@@ -98,6 +98,11 @@ def generate_padded(
         )
     rows = num_prompts * num_samples
     cfg = nnx.merge(graphdef, params).cfg
+    if prompt_len + options.max_new_tokens > cfg.max_position:
+        raise ValueError(
+            f"prompts of {prompt_len} tokens + sampling option max_new_tokens="
+            f"{options.max_new_tokens} exceed the model's max_position={cfg.max_position}"
+        )
     if options.top_k > cfg.vocab_size:
         raise ValueError(f"top_k={options.top_k} exceeds the vocabulary size {cfg.vocab_size}")
     if options.stop_strings and tokenizer is None:
@@ -240,7 +245,7 @@ def finish_responses(
     texts, lengths, stopped = [], [], []
     for row_n, n, was_stopped in zip(tokens_bn, lengths_b, stopped_b):
         ids = row_n[: int(n)].tolist()
-        text = tokenizer.decode(ids)
+        text = _text(tokenizer, ids)
         cut = cut_at_stop_string(text, stop_strings) if stop_strings else None
         if cut is not None:
             text, was_stopped, n = cut, True, _tokens_to_stop(tokenizer, ids, stop_strings)
@@ -250,15 +255,21 @@ def finish_responses(
     return Responses(texts, np.asarray(lengths, np.int64), np.asarray(stopped, bool))
 
 
+def _text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The decode of `ids`; an id past the tokenizer's vocabulary (a model whose embedding is
+    padded beyond it, as Qwen2.5's is, can sample one) adds no text."""
+    return tokenizer.decode([i for i in ids if 0 <= i < tokenizer.vocab_size])
+
+
 def _tokens_to_stop(tokenizer: Tokenizer, ids: list[int], stop_strings: Sequence[str]) -> int:
     """The fewest leading tokens of `ids` whose text contains a stop string (bisection: having
     one is monotone in the prefix length)."""
-    if cut_at_stop_string(tokenizer.decode(ids[:-1]), stop_strings) is None:
+    if cut_at_stop_string(_text(tokenizer, ids[:-1]), stop_strings) is None:
         return len(ids)  # the usual case: the loop stopped on the completing token
     lo, hi = 1, len(ids) - 1  # ids[:hi] has one
     while lo < hi:
         mid = (lo + hi) // 2
-        if cut_at_stop_string(tokenizer.decode(ids[:mid]), stop_strings) is None:
+        if cut_at_stop_string(_text(tokenizer, ids[:mid]), stop_strings) is None:
             lo = mid + 1
         else:
             hi = mid
