@@ -32,6 +32,7 @@ def get_config():
 
     c.sampling.max_prompt_len = 16
     c.sampling.max_new_tokens = 32
+    c.sampling.slots = 64  # 256 responses through a pool of 64 (the continuous engine)
 
     c.rl.num_prompts = 32
     c.rl.num_samples = 8
