@@ -67,6 +67,13 @@ def resolve_slots(options: SamplingOptions, rows: int, num_samples: int) -> int:
             "prompt's samples start together from one shared prefill, so the slot pool must "
             "hold at least one group"
         )
+    batch = min(options.prefill_prompts, rows // num_samples)
+    if slots < batch * num_samples:
+        raise ValueError(
+            f"sampling option slots={slots} cannot take a prefill of prefill_prompts="
+            f"{options.prefill_prompts} prompts x num_samples={num_samples}; lower "
+            "prefill_prompts or raise slots"
+        )
     return slots
 
 
@@ -199,11 +206,11 @@ def generate(
     keep = len(prompts) * num_samples
     budgets = None
     if row_max_new_tokens is not None:
-        budgets = np.ones((tokens_pt.shape[0] * num_samples,), np.int32)
-        budgets[:keep] = np.asarray(row_max_new_tokens, np.int32).reshape(-1)[:keep]
         if len(row_max_new_tokens) != keep:
             raise ValueError(f"row_max_new_tokens has {len(row_max_new_tokens)} budgets for "
                              f"{keep} responses (prompts x num_samples)")  # fmt: skip
+        budgets = np.ones((tokens_pt.shape[0] * num_samples,), np.int32)
+        budgets[:keep] = np.asarray(row_max_new_tokens, np.int32).reshape(-1)
     if input_sharding is not None:
         tokens_pt, positions_pt = jax.device_put((tokens_pt, positions_pt), input_sharding)
     samples = generate_padded(

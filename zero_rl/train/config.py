@@ -379,10 +379,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     reward_config(config)
     sampling_options(config)
     sampling_options(config, evaluation=True)
-    if 0 < config.sampling.slots < config.rl.num_samples:
+    s, group = config.sampling, config.rl.num_samples
+    if 0 < s.slots < group * min(s.prefill_prompts, config.rl.num_prompts):
         raise ValueError(
-            f"config.sampling.slots={config.sampling.slots} is less than rl.num_samples="
-            f"{config.rl.num_samples}: a prompt's samples start together from one prefill"
+            f"config.sampling.slots={s.slots} cannot take one prefill of "
+            f"sampling.prefill_prompts={s.prefill_prompts} prompts x rl.num_samples={group} "
+            "(a prompt's samples start together from one prefill)"
         )
     for key in ("total_steps", "log_every", "rl.num_prompts", "rl.num_samples", "rl.minibatch_size",
                 "rl.epochs", "rl.max_draws", "sampling.max_prompt_len",
