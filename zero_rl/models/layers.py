@@ -169,6 +169,7 @@ def attend_decode(
     k_chunks_bksh: Sequence[jax.Array],
     v_chunks_bksh: Sequence[jax.Array],
     valid_chunks_bs: Sequence[jax.Array],
+    active_chunks: Sequence[jax.Array | None] | None = None,
 ) -> jax.Array:
     """One decode query per row over a KV cache held in chunks of slots.
 
@@ -180,28 +181,42 @@ def attend_decode(
     head_dim / slots, the layout the cache is stored in, so no copy or transpose of the cache is
     made, and a query-head group shares its kv head inside one matmul. Scores and softmax are
     float32, as in `jax.nn.dot_product_attention`.
+
+    `active_chunks` (a traced bool per chunk, None = always) skips the chunks no row may read
+    (the continuous engine's empty response chunks): their slots count as masked, and their
+    keys and values are not read at all.
     """
     scale = 1.0 / np.sqrt(q_bkgh.shape[-1])
     f32 = jnp.float32
     # A finite floor, not -inf: a row with nothing to attend (a finished or empty row) gets
     # uniform weights instead of NaNs; its output is never used.
     floor = jnp.finfo(f32).min
-    scores_bkgs = jnp.concatenate(
-        [
-            jnp.where(
-                m_bs[:, None, None, :],
-                jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh, preferred_element_type=f32) * scale,
-                floor,
-            )
-            for k_bksh, m_bs in zip(k_chunks_bksh, valid_chunks_bs, strict=True)
-        ],
-        axis=-1,
-    )
-    probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
+    active_chunks = active_chunks or [None] * len(k_chunks_bksh)
+
+    def when(active, compute, shape):  # compute(), or `floor`/0 filler if the chunk is idle
+        if active is None:
+            return compute()
+        return jax.lax.cond(active, compute, lambda: jnp.full(shape, 0.0, f32))
+
+    def scores(k_bksh, m_bs):
+        s_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh, preferred_element_type=f32)
+        return jnp.where(m_bs[:, None, None, :], s_bkgs * scale, floor)
+
+    parts = []
+    for k_bksh, m_bs, active in zip(k_chunks_bksh, valid_chunks_bs, active_chunks, strict=True):
+        shape = (*q_bkgh.shape[:3], k_bksh.shape[2])
+        part = when(active, lambda k=k_bksh, m=m_bs: scores(k, m), shape)
+        parts.append(part if active is None else jnp.where(active, part, floor))
+    probs_bkgs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
     out_bkgh, offset = 0.0, 0
-    for v_bksh in v_chunks_bksh:
+    for v_bksh, active in zip(v_chunks_bksh, active_chunks, strict=True):
         p_bkgs = probs_bkgs[..., offset : offset + v_bksh.shape[2]].astype(v_bksh.dtype)
-        out_bkgh += jnp.einsum("bkgs,bksh->bkgh", p_bkgs, v_bksh, preferred_element_type=f32)
+        out_bkgh += when(
+            active,
+            lambda p=p_bkgs, v=v_bksh: jnp.einsum("bkgs,bksh->bkgh", p, v,
+                                                  preferred_element_type=f32),
+            q_bkgh.shape,
+        )  # fmt: skip
         offset += v_bksh.shape[2]
     return out_bkgh.astype(q_bkgh.dtype)
 
@@ -311,6 +326,7 @@ class Attention(nnx.Module):
         rope: tuple[jax.Array, jax.Array],
         valid_chunks_bs: Sequence[jax.Array],
         store: Callable[[jax.Array, jax.Array], tuple[Sequence, Sequence, Any]],
+        active_chunks: Sequence[jax.Array | None] | None = None,
     ) -> tuple[jax.Array, Any]:
         """One decode step of x [batch, 1, embed] over a KV cache held in chunks.
 
@@ -336,6 +352,7 @@ class Attention(nnx.Module):
             [c.astype(dt) for c in k_chunks],
             [c.astype(dt) for c in v_chunks],
             valid_chunks_bs,
+            active_chunks,
         )
         return self._out(out_bkgh.reshape(b, 1, cfg.num_heads, hd)), cache
 
@@ -373,9 +390,11 @@ class Block(nnx.Module):
         attn_btd, new_cache = self.attn(self.input_norm(x_btd), positions_bt, rope, **attn_kwargs)
         return self._mlp_residual(x_btd + attn_btd), new_cache
 
-    def decode(self, x_b1d, rope, valid_chunks_bs, store):
+    def decode(self, x_b1d, rope, valid_chunks_bs, store, active_chunks=None):
         """One decode step: x [batch, 1, embed] -> (x, cache); see `Attention.decode`."""
-        attn_b1d, cache = self.attn.decode(self.input_norm(x_b1d), rope, valid_chunks_bs, store)
+        attn_b1d, cache = self.attn.decode(
+            self.input_norm(x_b1d), rope, valid_chunks_bs, store, active_chunks
+        )
         return self._mlp_residual(x_b1d + attn_b1d), cache
 
     def _mlp_residual(self, x_btd):

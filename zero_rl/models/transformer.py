@@ -255,8 +255,10 @@ class Transformer(nnx.Module):
         cache: DecodeCache,
         *,
         read_chunks: int,
-        write_chunk: int,
-        write_index: jax.Array | int,
+        write_chunk: int = 1,
+        write_index: jax.Array | int = 0,
+        row_offsets: jax.Array | None = None,
+        active_chunks: Sequence[jax.Array | None] | None = None,
     ) -> tuple[jax.Array, DecodeCache]:
         """One token per row through the model: logits [batch, vocab] (float32) and the cache.
 
@@ -265,15 +267,33 @@ class Transformer(nnx.Module):
         `write_index` of chunk `write_chunk` (< read_chunks, an empty slot); it then attends over
         chunks [0, read_chunks) of the cache. `groups` is `decode_groups(...)`, matching the
         cache's layer groups.
+
+        With `row_offsets` [batch] instead, each row writes at its own offset into the chunks
+        after the first, read as one region (the continuous engine's per-slot response
+        regions); an offset past them writes nothing. `active_chunks` (a traced bool or None
+        per read chunk) lets attention skip chunks no row may read (`attend_decode`).
         """
         cfg = self.cfg
         x_b1d = self._embed(tokens_b[:, None])
         pos_b1 = positions_b[:, None].astype(jnp.int32)
         rope = rope_cos_sin(pos_b1, rope_inv_frequencies(cfg))
         pos = list(cache.pos)
-        pos[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
-            pos[write_chunk], pos_b1, write_index, axis=1
-        )
+        rows = jnp.arange(tokens_b.shape[0])
+        if row_offsets is None:
+            pos[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
+                pos[write_chunk], pos_b1, write_index, axis=1
+            )
+            row_writes = []
+        else:  # (chunk, row index or out of range, index in the chunk) per response chunk
+            row_writes, start = [], 0
+            for c in range(1, len(pos)):
+                length = pos[c].shape[1]
+                inside_b = (row_offsets >= start) & (row_offsets < start + length)
+                row_b = jnp.where(inside_b, rows, rows.shape[0])
+                local_b = jnp.clip(row_offsets - start, 0, length - 1)
+                row_writes.append((c, row_b, local_b))
+                pos[c] = pos[c].at[row_b, local_b].set(pos_b1[:, 0], mode="drop")
+                start += length
         # The masks depend on positions only: built once per step, shared by every layer.
         valid_chunks_bs = [
             attention_mask(pos_b1, p_bs, sliding_window=cfg.sliding_window)[:, 0, 0]
@@ -285,7 +305,17 @@ class Transformer(nnx.Module):
 
             def store(k_bk1h, v_bk1h):  # write slot (i, write_index), then read layer i
                 def write(chunks, new_bk1h):
-                    chunks, c = list(chunks), chunks[write_chunk]
+                    chunks = list(chunks)
+                    for c, row_b, local_b in row_writes:  # per-row offsets: a scatter each
+                        new = new_bk1h[:, :, 0].astype(chunks[c].dtype)  # [batch, kv, hd]
+                        if i is None:
+                            index = (row_b, slice(None), local_b)
+                        else:
+                            index = (jnp.full_like(row_b, i), row_b, slice(None), local_b)
+                        chunks[c] = chunks[c].at[index].set(new, mode="drop")
+                    if row_writes:
+                        return tuple(chunks)
+                    c = chunks[write_chunk]
                     if i is None:  # one layer's [batch, kv, slots, hd]
                         new, start = new_bk1h, (0, 0, write_index, 0)
                     else:
@@ -310,7 +340,9 @@ class Transformer(nnx.Module):
                 return read(k_new), read(v_new), (k_new, v_new)
 
             block = nnx.merge(graphdef, layer_state)
-            x_b1d, (k_chunks, v_chunks) = block.decode(x_b1d, rope, valid_chunks_bs, store)
+            x_b1d, (k_chunks, v_chunks) = block.decode(
+                x_b1d, rope, valid_chunks_bs, store, active_chunks
+            )
             return (x_b1d, k_chunks, v_chunks, None if i is None else i + 1), None
 
         k_groups, v_groups = [], []

@@ -8,14 +8,14 @@ slot (a prompt's samples share one prefill, in `num_samples` slots) and decoding
 the same `lax.while_loop`. One call is one compiled program: it never returns to the host.
 
 The KV cache is a pool of per-slot regions, `slots x (prompt_len + max_new_tokens)`, in the
-`DecodeCache` layout the static sampler uses, as two chunks: the prompt region
-[slots, kv_heads, prompt_len, head_dim], written when a slot is refilled, and the response
-region [slots, kv_heads, max_new_tokens, head_dim], a ring that every slot writes at the same
-column (the global step modulo its length). A response of at most max_new_tokens tokens
-started at step s0 writes columns s0, s0 + 1, ... (mod max_new_tokens), never one twice, so
-one `dynamic_update_slice` per step serves every slot; causality comes from the positions each
-slot records (-1 = empty), not from where a key lies, and refilling a slot resets its
-response positions to -1. bench/rollout.py measures this against the static sampler.
+`DecodeCache` layout the static sampler uses: a prompt chunk [slots, kv_heads, prompt_len,
+head_dim], written when a slot is refilled, then the response region in `response_chunks`
+chunks, where token j of a slot's response goes to offset j (a scatter of one key and value per
+slot a step). Causality comes from the positions each slot records (-1 = empty); refilling a
+slot resets its response positions. A step reads only the response chunks that some live row
+has reached, so its attention costs the longest live response, not the cache length: on the
+20M CPU bench, attention over the whole cache was most of a step (bench/kv_layout.py, and
+bench/rollout.py for the engine against the static sampler).
 
 Randomness is keyed by (output row, token index), not by slot: a row's sample does not depend
 on how many slots there are or which slot it ran in.
@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zero_rl.models.transformer import DecodeCache
 from zero_rl.sampler import SampleOutput, _compute_dtype_model, truncate_logits
@@ -52,6 +53,7 @@ class EngineStatic:
     unroll_layers: bool
     match_state: int  # the stop-string table's absorbing state (-1: no stop strings)
     drain_phases: int = 0  # halvings of the pool once no prompt waits (see `_run`)
+    response_chunks: int = 1  # the response region in this many chunks (see the module doc)
 
 
 class EngineStats(NamedTuple):
@@ -66,7 +68,7 @@ class EngineStats(NamedTuple):
 
 
 class _LoopState(NamedTuple):
-    step: jax.Array  # global decode step (the response ring's write column, mod its length)
+    step: jax.Array  # decode steps run
     next_prompt: jax.Array  # index of the next waiting prompt
     cache: DecodeCache
     logits_sv: jax.Array  # [slots, vocab] float32, each slot's next-token logits
@@ -120,23 +122,29 @@ def _compact(st: _LoopState, keep: int, unroll_layers: bool) -> _LoopState:
     )
 
 
+def chunk_lengths(static: EngineStatic) -> list[int]:
+    """Slots of each response chunk: max_new_tokens split into `response_chunks` near-equal
+    parts (fewer if there are fewer tokens than chunks)."""
+    n = static.max_new_tokens
+    k = max(1, min(static.response_chunks, n))
+    ends = [-(-n * (i + 1) // k) for i in range(k)]
+    return [e - s for s, e in zip([0, *ends[:-1]], ends)]
+
+
 def _empty_cache(cfg, slots: int, prompt_len: int, static: EngineStatic) -> DecodeCache:
     dtype = jnp.dtype(static.cache_dtype or cfg.compute_dtype)
     kv, hd = cfg.num_kv_heads, cfg.head_dim
+    lengths = (prompt_len, *chunk_lengths(static))
 
     def group(layers):
         lead = () if static.unroll_layers else (layers,)
         axes = DecodeCache.LAYER_AXES if static.unroll_layers else DecodeCache.LOGICAL_AXES
-        return tuple(
-            constrain(jnp.zeros((*lead, slots, kv, n, hd), dtype), axes)
-            for n in (prompt_len, static.max_new_tokens)
-        )
+        return tuple(constrain(jnp.zeros((*lead, slots, kv, n, hd), dtype), axes) for n in lengths)
 
     n_groups = cfg.num_layers if static.unroll_layers else 1
     layers = 1 if static.unroll_layers else cfg.num_layers
     pos = tuple(
-        constrain(jnp.full((slots, n), -1, jnp.int32), ("batch", "cache_length"))
-        for n in (prompt_len, static.max_new_tokens)
+        constrain(jnp.full((slots, n), -1, jnp.int32), ("batch", "cache_length")) for n in lengths
     )
     return DecodeCache(
         tuple(group(layers) for _ in range(n_groups)),
@@ -201,11 +209,11 @@ def _run(
         def write(cache_groups, kv_lptkh):
             new = prompt_chunk(kv_lptkh)
             out = []
-            for i, (prompt_c, response_c) in enumerate(cache_groups):
+            for i, (prompt_c, *response_cs) in enumerate(cache_groups):
                 if static.unroll_layers:
-                    out.append((put(prompt_c, new[i]), response_c))
+                    out.append((put(prompt_c, new[i]), *response_cs))
                 else:
-                    out.append((put(prompt_c, new, axis=1), response_c))
+                    out.append((put(prompt_c, new, axis=1), *response_cs))
             return tuple(out)
 
         cache = DecodeCache(
@@ -213,9 +221,10 @@ def _run(
             write(st.cache.v, v_lptkh),
             (
                 put(st.cache.pos[0], jnp.repeat(positions_pt, g, axis=0)),
-                put(st.cache.pos[1], jnp.full((batch * g, n), -1, jnp.int32)),
+                *(put(p, jnp.full((batch * g, p.shape[1]), -1, jnp.int32))
+                  for p in st.cache.pos[1:]),
             ),
-        )
+        )  # fmt: skip
         first_pos_p = jnp.max(positions_pt, axis=1) + 1
         return st._replace(
             next_prompt=start + batch,
@@ -269,11 +278,16 @@ def _run(
         stopped_r = st.stopped_r.at[ended_row_s].set(is_stop_s, mode="drop")
         going_s = live_s & ~ended_s
         # Ended and free slots still run through the model (shapes are fixed) at position -1,
-        # which no query attends to; the slot is refilled before its next token.
+        # which no query attends to, and write nothing; the slot is refilled before its next
+        # token. A response chunk that no going row has reached is not read at all.
         pos_s = jnp.where(going_s, st.first_pos_s + st.count_s, -1)
+        offset_s = jnp.where(going_s, st.count_s, n)
+        deepest = jnp.max(jnp.where(going_s, st.count_s, -1))
+        starts = np.cumsum([0, *chunk_lengths(static)[:-1]])
+        active = [None, *(deepest >= int(start) for start in starts)]
         logits_sv, cache = model.decode_step(
-            groups, token_s, pos_s, st.cache,
-            read_chunks=2, write_chunk=1, write_index=st.step % n,
+            groups, token_s, pos_s, st.cache, read_chunks=len(st.cache.pos),
+            row_offsets=offset_s, active_chunks=active if len(active) > 2 else None,
         )  # fmt: skip
         return st._replace(
             step=st.step + 1,

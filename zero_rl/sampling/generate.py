@@ -147,6 +147,7 @@ def generate_padded(
         unroll_layers=sampler._unroll_layers(params),
         match_state=match_state(table),
         drain_phases=options.drain_phases,
+        response_chunks=options.decode_segments,
     )
     out, stats = run_jit(
         graphdef, params, jnp.asarray(tokens_pt), jnp.asarray(positions_pt), max_new_r,

@@ -31,7 +31,9 @@ class SamplingOptions:
       is live the live rows move to a pool half as large, up to this many times (each is one
       more decode loop to compile; 0 = off).
     prompts_per_call: static engine only: prompts per sampler call (0 = all).
-    decode_segments: static engine only: decode loops of growing attended cache length.
+    decode_segments: the response cache in this many chunks. Continuous engine: a step
+      reads only the chunks some live response has reached. Static: decode loops of growing
+      attended length. Either way no output changes.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
     """
 
