@@ -15,6 +15,9 @@ from zero_rl import sampler, sharding
 from zero_rl.models import ModelConfig, create_model, param_shardings, to_hf, token_logprobs
 from zero_rl.sampling import SamplingOptions, engine, generate, generate_padded
 
+# The static sampler's NumPy reference of top-k / top-p (a test-module import, as elsewhere).
+from test_sampler import _numpy_truncate  # isort: skip
+
 CFG = ModelConfig(
     vocab_size=61,
     embed_dim=32,
@@ -99,26 +102,6 @@ def _cut(row, stops, budget):
         if t in stops:
             return i + 1, True
     return budget, False
-
-
-def _numpy_truncate(logits, top_k, top_p):
-    out = logits.copy()
-    for row in out:
-        if top_k:
-            row[row < np.sort(row)[::-1][top_k - 1]] = -np.inf
-        if top_p < 1:
-            order = np.argsort(-row, kind="stable")
-            probs = np.exp(row[order] - row[order].max())
-            probs /= probs.sum()
-            keep = np.zeros(len(row), bool)
-            mass = 0.0
-            for idx, prob in zip(order, probs):
-                keep[idx] = True
-                mass += prob
-                if mass >= top_p:
-                    break
-            row[~keep] = -np.inf
-    return out
 
 
 def _chi_square_p_value(counts, probs):

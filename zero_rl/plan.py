@@ -279,6 +279,7 @@ def _engine_static(config: ml_collections.ConfigDict) -> EngineStatic:
         prefill_prompts=s.prefill_prompts, max_new_tokens=s.max_new_tokens,
         greedy=s.temperature == 0, top_k=s.top_k, top_p=s.top_p, stop_token_ids=(0,),
         pad_id=0, cache_dtype=None, unroll_layers=False, match_state=-1,
+        drain_phases=s.drain_phases, response_chunks=s.decode_segments,
     )  # fmt: skip
 
 
