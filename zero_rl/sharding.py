@@ -183,6 +183,18 @@ def activation_sharding(mesh: Mesh | None, rules=DEFAULT_RULES) -> Iterator[None
         _ACTIVE.update(saved)
 
 
+def active_shards(logical_axis: str, size: int) -> int:
+    """Into how many shards `constrain` splits a dimension of `size` named `logical_axis`
+    (1 outside `activation_sharding`, or where the mesh axes do not divide it)."""
+    mesh = _ACTIVE["mesh"]
+    if mesh is None:
+        return 1
+    spec = _fit_spec(logical_to_spec((logical_axis,), _ACTIVE["rules"]), (size,), mesh)
+    entry = spec[0] if len(spec) else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
     mesh = _ACTIVE["mesh"]

@@ -33,7 +33,7 @@ import numpy as np
 
 from zero_rl.models.transformer import DecodeCache
 from zero_rl.sampler import SampleOutput, _compute_dtype_model, truncate_logits
-from zero_rl.sharding import constrain
+from zero_rl.sharding import active_shards, constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,22 +85,29 @@ class _LoopState(NamedTuple):
     prefills: jax.Array
 
 
-def drain_phases(slots: int, requested: int) -> int:
-    """How many times the pool halves as it drains: `requested`, fewer if `slots` does not
-    halve evenly that often."""
-    phases = 0
-    while phases < requested and slots % 2 == 0 and slots > 1:
-        slots //= 2
+def drain_phases(slots: int, requested: int, shards: int = 1) -> int:
+    """How many times the pool halves as it drains: `requested`, fewer if each of the
+    `shards` parts of the pool (the devices it is split over) does not halve evenly."""
+    local, phases = slots // shards, 0
+    while phases < requested and local % 2 == 0:
+        local //= 2
         phases += 1
     return phases
 
 
-def _compact(st: _LoopState, keep: int, unroll_layers: bool) -> _LoopState:
-    """The `keep` slots holding live rows first (all live ones fit), as a pool of `keep`."""
-    index_k = jnp.argsort(st.row_s < 0, stable=True)[:keep]
+def _compact(st: _LoopState, keep: int, shards: int, unroll_layers: bool) -> _LoopState:
+    """A pool of `keep` slots holding every live row: each of the `shards` parts of the pool
+    keeps its live slots first, so rows never move between devices (a gather across the
+    sharded slot axis made XLA replicate the whole cache on every device)."""
+    local = st.row_s.shape[0] // shards
+    order_dl = jnp.argsort((st.row_s < 0).reshape(shards, local), axis=1, stable=True)
+    order_dl = order_dl[:, : keep // shards]
 
-    def take(x, axis=0):
-        return jnp.take(x, index_k, axis=axis)
+    def take(x, axis=0):  # the kept slots of x's slot axis, shard by shard
+        parts = x.reshape(*x.shape[:axis], shards, local, *x.shape[axis + 1 :])
+        pick = jax.vmap(lambda p, i: jnp.take(p, i, axis=axis), in_axes=(axis, 0),
+                        out_axes=axis)  # fmt: skip
+        return pick(parts, order_dl).reshape(*x.shape[:axis], keep, *x.shape[axis + 1 :])
 
     axes = DecodeCache.LAYER_AXES if unroll_layers else DecodeCache.LOGICAL_AXES
 
@@ -285,9 +292,9 @@ def _run(
         deepest = jnp.max(jnp.where(going_s, st.count_s, -1))
         starts = np.cumsum([0, *chunk_lengths(static)[:-1]])
         active = [None, *(deepest >= int(start) for start in starts)]
-        logits_sv, cache = model.decode_step(
-            groups, token_s, pos_s, st.cache, read_chunks=len(st.cache.pos),
-            row_offsets=offset_s, active_chunks=active if len(active) > 2 else None,
+        logits_sv, cache = model.decode_step_rows(
+            groups, token_s, pos_s, st.cache, row_offsets=offset_s,
+            active_chunks=active if len(active) > 2 else None,
         )  # fmt: skip
         return st._replace(
             step=st.step + 1,
@@ -329,10 +336,12 @@ def _run(
     # they move to a pool half as large, so the last, longest responses do not each drag a
     # full pool of finished slots through every step. Each phase is one more decode loop in
     # the program (no prefill in it).
-    phases = drain_phases(slots, static.drain_phases)
+    shards = active_shards("batch", slots)
+    phases = drain_phases(slots, static.drain_phases, shards)
 
-    def keep_going(st, pool):
-        shrink = (st.next_prompt >= num_prompts) & (jnp.sum(st.row_s >= 0) <= pool // 2)
+    def keep_going(st, pool):  # until every shard has at most half its slots live
+        live_d = jnp.sum((st.row_s >= 0).reshape(shards, -1), axis=1)
+        shrink = (st.next_prompt >= num_prompts) & (jnp.max(live_d) <= pool // shards // 2)
         return running(st) & ~shrink
 
     pool = slots
@@ -340,7 +349,7 @@ def _run(
                             step, init)  # fmt: skip
     for phase in range(1, phases + 1):
         pool //= 2
-        st = _compact(st, pool, static.unroll_layers)
+        st = _compact(st, pool, shards, static.unroll_layers)
         cond = functools.partial(keep_going, pool=pool) if phase < phases else running
         st = jax.lax.while_loop(cond, functools.partial(step, refills=False), st)
     out = SampleOutput(
