@@ -343,9 +343,8 @@ class Transformer(nnx.Module):
         to offset row_offsets[b] of the chunks after the first, read as one region (an offset
         past them writes nothing). The token attends over the cache as it is plus its own key
         and value, and every layer's new keys and values are written after the last layer,
-        one scatter per chunk: a scatter into the all-layers arrays inside the layer scan
-        made XLA keep a copy of them per layer. `active_chunks` (a traced bool or None per
-        chunk) lets attention skip chunks no row may read (`attend_decode`).
+        one scatter per chunk, so the layers only read the cache. `active_chunks` (a traced
+        bool or None per chunk) lets attention skip chunks no row may read (`attend_decode`).
         """
         cfg = self.cfg
         x_b1d = self._embed(tokens_b[:, None])
