@@ -52,7 +52,7 @@ def zero_rl_fns(
     static = sampler._Static(
         num_samples=1, max_new_tokens=new_tokens, greedy=temperature == 0, top_k=top_k,
         top_p=top_p, stop_token_ids=(), pad_id=0, cache_dtype=None,
-        decode_segments=decode_segments,
+        decode_segments=decode_segments, unroll_layers=sampler._unroll_layers(params),
     )  # fmt: skip
     rng = jax.random.key(0)
 
@@ -62,9 +62,13 @@ def zero_rl_fns(
     def decode(prefilled):
         cache, logits_bv, next_pos_b = prefilled
         t = jnp.float32(max(temperature, 1e-6))
+        rows = logits_bv.shape[0]
+        budgets = jnp.full((rows,), new_tokens, jnp.int32)  # every row runs to the cap
+        no_stop_strings = jnp.zeros((1, model.cfg.vocab_size), jnp.int32)
         return sampler.decode_jit(
-            graphdef, params, cache, logits_bv, next_pos_b, rng, t, static=static
-        )[0].tokens_bn
+            graphdef, params, cache, logits_bv, next_pos_b, rng, t, budgets, no_stop_strings,
+            static=static,
+        )[0].tokens_bn  # fmt: skip
 
     def generate():
         return sampler.generate_padded(

@@ -88,21 +88,60 @@ def test_train_step_bench(tmp_path):
     )
 
 
-def test_rl_step_bench(tmp_path):
+@pytest.mark.parametrize("engine", ["continuous", "static"])
+def test_rl_step_bench(tmp_path, engine):
     overrides = [
         "rl.num_prompts=4", "rl.num_samples=2", "rl.minibatch_size=8",
-        "sampling.max_new_tokens=8", "reward.num_workers=1",
+        "sampling.max_new_tokens=8", "reward.num_workers=1", f"sampling.engine={engine}",
+        "sampling.slots=4",  # a pool of half the batch: the engine refills its slots
     ]  # fmt: skip
     args = [*(f"--set={o}" for o in overrides), "--steps=1", "--responses=synthetic"]
     results = _results("rl_step.py", args, tmp_path)
     _assert_positive(
         results,
         ["sample_s", "verify_s", "logprobs_s", "update_s", "step_s", "sampled_tokens",
-         "compiles_after_warmup"],
+         "compiles_after_warmup", "rollout_share"],
     )  # fmt: skip
     assert 0.0 <= results["device_idle_share"] <= 1.0
+    assert results["rollout_share"] <= 1.0
     assert results["compiles_during_timed_steps"] == 0
     assert results["rows"] == 8 and len(results["steps"]) == 1
+    # Live slot-steps over all slot-steps of the engine; the static sampler has no slots.
+    if engine == "continuous":
+        assert 0.0 < results["slot_utilisation"] <= 1.0
+    else:
+        assert math.isnan(results["slot_utilisation"])
+
+
+def test_rollout_bench(tmp_path):
+    args = [
+        "--vocab=64", "--embed=32", "--layers=1", "--heads=2", "--kv-heads=1", "--head-dim=16",
+        "--mlp=64", "--prompts=8", "--samples=2", "--slots=4", "--prompt-len=8", "--mean=8",
+        "--cap=32", "--repeats=1", "--distributions=lognormal,fixed",
+    ]  # fmt: skip
+    results = _results("rollout.py", args, tmp_path)
+    assert set(results) == {"lognormal", "fixed"}
+    for kind, r in results.items():
+        _assert_positive(
+            r,
+            ["useful_tokens", "mean_length", "static_s", "continuous_s", "static_tokens_per_s",
+             "continuous_tokens_per_s", "speedup", "static_utilisation",
+             "continuous_utilisation", "continuous_decode_steps"],
+        )  # fmt: skip
+        assert r["rows"] == 16 and r["useful_tokens"] == pytest.approx(16 * r["mean_length"])
+        assert 1 <= r["max_length"] <= 32
+        assert 0 < r["static_utilisation"] <= 1 and 0 < r["continuous_utilisation"] <= 1, kind
+        # One prefill per prompt (one prompt per prefill); the longest response takes as many
+        # steps as it has tokens, and 4 slots produce at most 4 tokens a step.
+        assert r["continuous_prefills"] == 8
+        assert r["continuous_decode_steps"] >= max(r["max_length"], r["useful_tokens"] / 4)
+        assert r["speedup"] == pytest.approx(r["static_s"] / r["continuous_s"])
+    # Every response at the cap: each static call's rows all run to the end.
+    assert results["fixed"]["max_length"] == 32 and results["fixed"]["mean_length"] == 32
+    assert results["fixed"]["static_utilisation"] == 1.0
+    # Long-tailed lengths: the engine's refilled slots are busier than the static calls' rows.
+    lognormal = results["lognormal"]
+    assert lognormal["continuous_utilisation"] >= lognormal["static_utilisation"]
 
 
 def test_bad_flags_fail_with_a_clear_message(tmp_path):

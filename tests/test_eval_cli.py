@@ -19,6 +19,7 @@ from zero_rl.eval.policy import (
     saved_run_directory,
 )
 from zero_rl.models import create_model
+from zero_rl.sampling import with_template_stops
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train.checkpoint import Checkpointer
@@ -344,17 +345,21 @@ def test_cli_evaluates_an_hf_model_as_from_hf_does(hf_dirs, hf_eval):
     assert [r["id"] for r in records] == [ex.id for ex in eval_set.examples]
     tokenizer = load_tokenizer(str(hf_dirs[0]))
     graphdef, params = nnx.split(from_hf(str(hf_dirs[0]), dtype="float32", param_dtype="float32"))
+    config = config_lib.load_config(TINY_CONFIG)
+    # The CLI's options: the config's evaluation sampling with the flags' greedy decoding and
+    # lengths, and the template's stops.
+    options = config_lib.sampling_options(config, evaluation=True).replace(
+        temperature=0.0, max_new_tokens=6, max_prompt_len=32
+    )
     reference = evaluate(
         graphdef,
         params,
         eval_set.examples,
         tokenizer=tokenizer,
         template="plain",
-        max_prompt_len=32,
-        max_new_tokens=6,
+        sampling=with_template_stops(options, tokenizer, "plain"),
         batch_size=4,
-        stop_token_ids=tokenizer.stop_token_ids,
-        reward=config_lib.reward_config(config_lib.load_config(TINY_CONFIG)),
+        reward=config_lib.reward_config(config),
     )
     assert [r["response"] for r in records] == reference.texts
     assert [r["length"] for r in records] == reference.lengths.tolist()

@@ -25,6 +25,7 @@ from zero_rl.eval import (
 )
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.sampling import SamplingOptions, with_template_stops
 from zero_rl.tokenizer import train_sentencepiece
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import SummaryWriter, read_scalars
@@ -59,11 +60,17 @@ def pool():
         yield p
 
 
+# Decoding keywords of `_run`, gathered into its `sampling` (a SamplingOptions).
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "max_prompt_len")
+
+
 def _run(policy, tokenizer, pool, out_dir, **kwargs):
+    decoding = dict(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS, max_prompt_len=512)
+    decoding |= {k: kwargs.pop(k) for k in _SAMPLING_KEYS if k in kwargs}
     defaults = dict(
         tokenizer=tokenizer, out_dir=str(out_dir), template="plain", num_samples=2,
-        temperature=1.0, max_new_tokens=MAX_NEW_TOKENS, max_prompt_len=512, batch_size=1,
-        reward=REWARD, pool=pool, progress=False,
+        sampling=SamplingOptions(**decoding), batch_size=1, reward=REWARD, pool=pool,
+        progress=False,
     )  # fmt: skip
     return run_benchmarks(*policy, **(defaults | kwargs))
 
@@ -219,10 +226,12 @@ def test_greedy_responses_equal_the_trainers_evaluate(policy, tokenizer, pool, t
         examples,
         tokenizer=tokenizer,
         template="plain",
-        max_prompt_len=512,
-        max_new_tokens=MAX_NEW_TOKENS,
+        sampling=with_template_stops(
+            SamplingOptions(max_prompt_len=512, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0),
+            tokenizer,
+            "plain",
+        ),
         batch_size=2,
-        stop_token_ids=tokenizer.stop_token_ids,
         reward=REWARD,
         pool=pool,
     )
@@ -293,11 +302,16 @@ def test_responses_are_cut_at_a_multi_token_stop_string(tokenizer, pool):
     assert tokenizer.token_to_id("<|im_end|>") is None
     text = "so \\boxed{5}<|im_end|> and then \\boxed{6}"
     ids = tokenizer.encode(text)
+    sampling = with_template_stops(
+        SamplingOptions(max_prompt_len=512, max_new_tokens=len(ids), temperature=0.0),
+        tokenizer,
+        "qwen_boxed",
+    )
+    assert sampling.stop_token_ids == (tokenizer.eos_id,)
+    assert sampling.stop_strings == ("<|im_end|>",)
     run = harness._Run(
-        graphdef=None, params=None, tokenizer=tokenizer, num_samples=1, temperature=0.0,
-        top_p=1.0, top_k=0, max_new_tokens=len(ids), max_prompt_len=512, batch_size=1,
-        stop_token_ids=(tokenizer.eos_id,), reward=REWARD, pool=pool, batch_sharding=None,
-        is_main=True,
+        graphdef=None, params=None, tokenizer=tokenizer, num_samples=1, sampling=sampling,
+        batch_size=1, reward=REWARD, pool=pool, batch_sharding=None, is_main=True,
     )  # fmt: skip
     example = load_benchmark("amc23", limit=1)[0]
     (record,) = harness._grade(
@@ -306,3 +320,7 @@ def test_responses_are_cut_at_a_multi_token_stop_string(tokenizer, pool):
     assert record["response"] == "so \\boxed{5}<|im_end|>"
     assert record["extracted"] == "5" and record["truncated"] is False
     assert record["length"] == len(tokenizer.encode("so \\boxed{5}<|im_end|>")) < len(ids)
+    # The length counts the tokens up to the one that completed the stop string.
+    n = record["length"]
+    assert "<|im_end|>" in tokenizer.decode(ids[:n])
+    assert "<|im_end|>" not in tokenizer.decode(ids[: n - 1])

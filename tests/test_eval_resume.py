@@ -16,6 +16,7 @@ from zero_rl.data import load_benchmark
 from zero_rl.eval import OutputDirError, harness, params_fingerprint, run_benchmarks
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool
+from zero_rl.sampling import SamplingOptions
 from zero_rl.tokenizer import train_sentencepiece
 
 REWARD = RewardConfig(last_number_fallback=True, num_workers=1)
@@ -47,11 +48,11 @@ def pool():
         yield p
 
 
-def _run(policy, tokenizer, pool, out_dir, **kwargs):
+def _run(policy, tokenizer, pool, out_dir, temperature=1.0, **kwargs):
     defaults = dict(
         tokenizer=tokenizer, out_dir=str(out_dir), template="plain", num_samples=2,
-        temperature=1.0, max_new_tokens=8, max_prompt_len=512, batch_size=1,
-        reward=REWARD, pool=pool, progress=False,
+        sampling=SamplingOptions(max_prompt_len=512, max_new_tokens=8, temperature=temperature),
+        batch_size=1, reward=REWARD, pool=pool, progress=False,
     )  # fmt: skip
     return run_benchmarks(*policy, **(defaults | kwargs))
 

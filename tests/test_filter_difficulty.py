@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from zero_rl import sampler
 from zero_rl.data import FieldMapping, RecordError, read_examples
 from zero_rl.data.pass_rate import (
     PASS_RATE_FIELDS,
@@ -24,6 +23,7 @@ from zero_rl.data.pass_rate import (
 )
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.sampling import SamplingOptions, finish_responses, generate, with_template_stops
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train.checkpoint import Checkpointer
@@ -65,10 +65,19 @@ def data_file(tmp_path_factory):
     return path, rows
 
 
+# Decoding keywords of `_sampling`, gathered into its `options` (a SamplingOptions).
+_OPTION_KEYS = ("max_new_tokens", "max_prompt_len", "temperature", "top_p", "top_k")
+
+
+def _options(**changes):
+    return SamplingOptions(**(dict(max_new_tokens=8, max_prompt_len=16, temperature=1.0) | changes))
+
+
 def _sampling(**changes):
     # Batches of 5, 5 and 2 prompts: the last repeats a prompt to keep its shape.
-    kwargs = dict(template="plain", k=K, max_new_tokens=8, max_prompt_len=16, batch_size=5,
-                  temperature=1.0, seed=3, reward=REWARD)  # fmt: skip
+    options = {k: changes.pop(k) for k in _OPTION_KEYS if k in changes}
+    kwargs = dict(template="plain", k=K, batch_size=5, options=_options(**options), seed=3,
+                  reward=REWARD)  # fmt: skip
     return Sampling(**(kwargs | changes))
 
 
@@ -116,14 +125,16 @@ def test_pass_rates_match_a_recount_and_the_kept_set_is_the_band(
     prompts = tokenizer.batch_encode(
         [ex.prompt for ex in source.examples[:5]], add_bos=tokenizer.add_bos_default
     )
-    out = sampler.generate(
-        policy, prompts, max_new_tokens=8, rng=jax.random.fold_in(jax.random.key(3), 0),
-        temperature=1.0, stop_token_ids=tokenizer.stop_token_ids, pad_id=tokenizer.pad_id,
-        num_samples=K, prompt_buckets=(16,),
-    )  # fmt: skip
-    texts = [tokenizer.decode(t[:n].tolist()) for t, n in
-             zip(np.asarray(out.tokens_bn), np.asarray(out.lengths_b))]  # fmt: skip
-    assert texts == [text for line in lines[:5] for text in line["responses"]]
+    options = with_template_stops(_options(), tokenizer, "plain")
+    assert options.stop_token_ids == tokenizer.stop_token_ids
+    out = generate(
+        policy, prompts, options, num_samples=K, rng=jax.random.fold_in(jax.random.key(3), 0),
+        tokenizer=tokenizer,
+    ).output  # fmt: skip
+    tokens_bn, lengths_b, stopped_b = (np.asarray(x) for x in (out.tokens_bn, out.lengths_b,
+                                                               out.stopped_b))  # fmt: skip
+    responses = finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings)
+    assert responses.texts == [text for line in lines[:5] for text in line["responses"]]
 
 
 def test_resume_refilter_and_overwrite(policy, tokenizer, pool, data_file, tmp_path):

@@ -19,7 +19,8 @@ from flax import nnx
 from nbclient import NotebookClient
 
 from zero_rl import notebook_utils
-from zero_rl.train.config import load_config, reward_config
+from zero_rl.sampling import template_stops
+from zero_rl.train.config import load_config, reward_config, sampling_options
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.loop import load_examples
 
@@ -224,11 +225,16 @@ def test_greedy_sample_matches_the_trainers_evaluation(quickstart_run):
     _, held_out = load_examples(config)
     examples = held_out[:6]
     texts = notebook_utils.sample(policy, [ex.prompt for ex in examples], temperature=0.0)
+    # The trainer's evaluation options (the template's stops), greedy, at sample()'s length.
+    stop_ids, stop_strings = template_stops(policy.tokenizer, policy.template)
+    assert stop_ids == policy.stop_token_ids
+    options = sampling_options(
+        config, evaluation=True, stop_token_ids=stop_ids, stop_strings=stop_strings
+    ).replace(temperature=0.0, max_new_tokens=config.sampling.max_new_tokens)
     result = evaluate(
         policy.graphdef, policy.params, examples, tokenizer=policy.tokenizer,
-        template=policy.template, max_prompt_len=config.sampling.max_prompt_len,
-        max_new_tokens=config.sampling.max_new_tokens, batch_size=len(examples),
-        stop_token_ids=policy.stop_token_ids, reward=reward_config(config),
+        template=policy.template, sampling=options, batch_size=len(examples),
+        reward=reward_config(config),
     )  # fmt: skip
     assert texts == result.texts
 

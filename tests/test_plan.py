@@ -1,7 +1,8 @@
 """The memory planner: parsing, exact state bytes against float64 NumPy, the compiled plan's
 bookkeeping, and launch/plan.py on the 0.5B and 7B configs at full size (no shortened lengths:
-compile time barely depends on them) on their planned slices, on 64 chips of 95 GB, and on one
-host of 8 GPUs, where the 7B step must also compile in under a minute."""
+compile time barely depends on them) on their planned slices, on 64 chips of 95 GB (the static
+sampler), on 16 GPUs of 80 GB and on one host of 8 GPUs, where the 7B step must also compile in
+under a minute."""
 
 import glob
 import json
@@ -12,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from zero_rl import plan
+from zero_rl import plan, sharding
 from zero_rl.models import get_preset
+from zero_rl.train import config as config_lib
 from zero_rl.train.config import load_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +78,14 @@ def test_hardware_and_device_count_errors():
 
 
 def _kv_bytes_reference(config, batch_devices, kv_split) -> float:
-    """Per-device KV cache bytes in float64 from the model dimensions."""
+    """Per-device KV cache bytes in float64 from the model dimensions: the continuous
+    engine's slots (0: one per response), or the static sampler's rows of one call."""
     cfg = get_preset(config.model.preset)
-    rows = np.float64(config.rl.num_prompts * config.rl.num_samples)
+    s, rl = config.sampling, config.rl
+    if s.engine == "continuous":
+        rows = np.float64(s.slots or rl.num_prompts * rl.num_samples)
+    else:
+        rows = np.float64((s.prompts_per_call or rl.num_prompts) * rl.num_samples)
     length = config.sampling.max_prompt_len + config.sampling.max_new_tokens
     kv = 2 * cfg.num_layers * rows * length * cfg.num_kv_heads * cfg.head_dim * 2  # bf16
     return kv / (batch_devices * kv_split) + rows * length * 4 / batch_devices
@@ -100,16 +107,21 @@ def _qwen_0_5b_tensor4_params_bytes() -> float:
 
 
 @pytest.mark.parametrize(
-    "name,mesh,batch_devices,kv_split",
+    "name,mesh,batch_devices,kv_split,overrides",
     [
-        ("mistral7b.py", {"fsdp": 64}, 64, 1),
-        ("mistral7b.py", {"fsdp": 64, "tensor": 4}, 64, 4),
-        ("qwen2_5_0_5b.py", {"fsdp": 32}, 32, 1),
-        ("qwen2_5_0_5b.py", {"fsdp": 16, "tensor": 4}, 16, 1),  # 2 KV heads: not split 4 ways
+        ("mistral7b.py", {"fsdp": 64}, 64, 1, []),
+        ("mistral7b.py", {"fsdp": 64, "tensor": 4}, 64, 4, []),
+        ("qwen2_5_0_5b.py", {"fsdp": 32}, 32, 1, []),
+        ("qwen2_5_0_5b.py", {"fsdp": 16, "tensor": 4}, 16, 1, []),  # 2 KV heads: not 4 ways
+        # One slot per response; the static sampler's calls of 64 prompts and of all of them.
+        ("mistral7b.py", {"fsdp": 64}, 64, 1, ["sampling.slots=0"]),
+        ("qwen2_5_0_5b.py", {"fsdp": 32}, 32, 1,
+         ["sampling.engine=static", "sampling.prompts_per_call=64"]),
+        ("qwen2_5_0_5b.py", {"fsdp": 32}, 32, 1, ["sampling.engine=static"]),
     ],
-)
-def test_state_bytes_match_float64_reference(name, mesh, batch_devices, kv_split):
-    config = _config(name)
+)  # fmt: skip
+def test_state_bytes_match_float64_reference(name, mesh, batch_devices, kv_split, overrides):
+    config = _config(name, *overrides)
     model = get_preset(config.model.preset)
     devices = int(np.prod(list(mesh.values())))
     got = plan.state_bytes(config, plan.abstract_mesh(mesh))
@@ -133,15 +145,19 @@ def test_state_bytes_match_float64_reference(name, mesh, batch_devices, kv_split
     )
 
 
-# Mistral-7B on 64 chips of 95 GB (too few), two configs on their own planned slices, and the
-# one-host 7B config on 8 GPUs of 80 GB.
+# Mistral-7B with the static sampler taking the whole batch on 64 chips of 95 GB (too few), two
+# configs on their own planned slices, the SimpleRL-Zoo 7B recipe on 16 GPUs of 80 GB, and the
+# one-host 7B config on 8 GPUs of 80 GB; all but the first with the continuous engine.
+STATIC = "--config.sampling.engine=static"
 CLI_RUNS = {
     "mistral7b_fsdp64": ["--config=configs/mistral7b.py", "--mesh=fsdp=64",
-                         "--device_memory_gb=95"],
+                         "--device_memory_gb=95", STATIC],
     "qwen2_5_0_5b.py": ["--config=configs/qwen2_5_0_5b.py"],
     "mistral7b.py": ["--config=configs/mistral7b.py"],
     "qwen2_5_7b_8_gpus": ["--config=configs/qwen2_5_7b_one_host.py", "--mesh=fsdp=8",
                           "--device_memory_gb=80"],
+    "mistral7b_16x80": ["--config=configs/mistral7b.py", "--mesh=fsdp=16",
+                        "--device_memory_gb=80"],
 }  # fmt: skip
 
 
@@ -188,14 +204,29 @@ def test_plan_bookkeeping(cli_reports, run):
     assert programs["update"]["argument"] == (
         sizes["params"] + sizes["optimizer_state"] + sizes["rollout"] + rng_bytes
     )
-    # The update donates params and optimiser state; decode donates the KV cache. Prefill's
-    # outputs are the cache plus one call's last logits (under 1% of it): the cache XLA
-    # allocates is the sharded one, not a replicated or partly gathered copy. Its rows are
-    # split over fsdp, and its KV heads over tensor where there is one (Mistral's 8 over 2).
+    # The update donates params and optimiser state.
     assert programs["update"]["alias"] == sizes["params"] + sizes["optimizer_state"]
-    assert 0.99 * sizes["kv_cache"] <= programs["decode"]["alias"] <= 1.01 * sizes["kv_cache"]
-    assert sizes["kv_cache"] <= programs["prefill"]["output"] <= 1.01 * sizes["kv_cache"]
+    if STATIC in CLI_RUNS[run]:
+        # Decode donates the KV cache. Prefill's outputs are the cache plus one call's last
+        # logits (under 1% of it): the cache XLA allocates is the sharded one, not a replicated
+        # or partly gathered copy.
+        assert set(programs) == {"prefill", "decode", "logprobs", "update"}
+        assert 0.99 * sizes["kv_cache"] <= programs["decode"]["alias"] <= 1.01 * sizes["kv_cache"]
+        assert sizes["kv_cache"] <= programs["prefill"]["output"] <= 1.01 * sizes["kv_cache"]
+    else:
+        # The continuous engine is one program whose slot pool is a temporary: it holds the
+        # planned cache, plus the float32 copies XLA:CPU makes of its bfloat16 chunks to update
+        # them (twice their bytes) and the decode step's working set (the output embedding
+        # gathered for the logits), about 2.3-3x the cache in all. A cache replicated or
+        # gathered over the batch devices would be 8-64x (the draining pool's gather across
+        # the slot axis once made it 16-32x). What grows with the pool is the cache alone:
+        # see test_rollout_temporaries_grow_with_the_pool_as_its_cache.
+        assert set(programs) == {"rollout", "logprobs", "update"}
+        assert sizes["kv_cache"] <= programs["rollout"]["temp"] < 4 * sizes["kv_cache"]
+        assert programs["rollout"]["alias"] == 0
     assert report["kv_cache_sharded_as_planned"] is True
+    # Its rows are split over fsdp, and its KV heads over tensor where there is one (Mistral's
+    # 8 over 2).
     spec = report["kv_cache_spec"]
     split_over = {a for e in spec if e for a in ([e] if isinstance(e, str) else e)}
     assert split_over == ({"fsdp", "tensor"} if report["mesh"]["tensor"] > 1 else {"fsdp"})
@@ -203,29 +234,82 @@ def test_plan_bookkeeping(cli_reports, run):
     assert report["fits"] == (report["peak_bytes"] <= report["device_memory_gb"] * GB)
 
 
+def test_rollout_temporaries_grow_with_the_pool_as_its_cache():
+    """Twice the slots add the cache of the added slots to the engine's temporaries, at least
+    and at most ~1.5x of it plus their logits: the pool is allocated once, sharded, with its
+    draining phases, and nothing else grows with it (8 layers on the 8 test devices, in this
+    process; float32, which XLA:CPU updates in place, where it copies bfloat16 chunks to
+    float32)."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    small = ["mesh.data=1", "mesh.fsdp=8", "sampling.max_prompt_len=64",
+             "sampling.max_new_tokens=512", "model.dims.num_layers=8",
+             "model.dims.max_position=1024", "model.dtype=float32"]  # fmt: skip
+    reports = {
+        slots: plan.plan(_config("tiny.py", *small, f"sampling.slots={slots}"), mesh)
+        for slots in (16, 32)
+    }
+    kv = {n: r["per_device_bytes"]["kv_cache"] for n, r in reports.items()}
+    temp = {n: r["programs"]["rollout"]["temp"] for n, r in reports.items()}
+    assert kv[32] == pytest.approx(2 * kv[16])
+    # The added slots' float32 logits, per device (the tiny model's vocabulary is the tiny
+    # tokenizer's).
+    logits = (32 - 16) // 8 * config_lib.TINY_VOCAB_SIZE * 4
+    assert 0.99 * (kv[32] - kv[16]) <= temp[32] - temp[16] <= 1.5 * (kv[32] - kv[16]) + logits
+    assert all(r["kv_cache_sharded_as_planned"] for r in reports.values())
+
+
 def test_7b_step_compiles_in_under_a_minute_on_one_host(cli_reports):
     """Qwen2.5-7B (scanned layers) on one host of 8 devices: tracing, lowering and compiling
-    prefill, decode, the log-prob pass and the update take under 60 CPU seconds. CPU seconds,
-    not wall seconds, because tests share their cores; a compile alone on a host takes about
-    its CPU seconds or less (XLA compiles on several threads)."""
+    the rollout engine (prefills and decode steps in one program), the log-prob pass and the
+    update take under 60 CPU seconds. CPU seconds, not wall seconds, because tests share their
+    cores; a compile alone on a host takes about its CPU seconds or less (XLA compiles on
+    several threads)."""
     report = cli_reports["qwen2_5_7b_8_gpus"]
     programs = report["programs"]
-    assert set(programs) == {"prefill", "decode", "logprobs", "update"}
+    assert set(programs) == {"rollout", "logprobs", "update"}
     assert all(p["compile_s"] > 0 and p["cpu_s"] > 0 for p in programs.values())
     assert report["compile_cpu_s"] == pytest.approx(sum(p["cpu_s"] for p in programs.values()))
     assert report["compile_cpu_s"] < 60, {k: p["cpu_s"] for k, p in programs.items()}
 
 
 def test_mistral7b_on_64_devices_does_not_fit(cli_reports):
-    """64 devices of 95 GB: the KV cache of 8192 rows x 9216 tokens alone needs 155 GB each."""
+    """64 devices of 95 GB with the static sampler decoding the whole batch in one call: the KV
+    cache of 8192 rows x 9216 tokens alone needs 155 GB each. The continuous engine's 256 slots
+    need a 32nd of it."""
     report = cli_reports["mistral7b_fsdp64"]
     assert report["num_devices"] == 64 and report["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
     assert report["parameter_count"] == get_preset("mistral-7b").num_params()
     assert set(report["per_device_bytes"]) >= {
         "params", "optimizer_state", "reference", "kv_cache", "update_temporaries"
     }  # fmt: skip
-    assert report["per_device_bytes"]["kv_cache"] > 95 * GB
+    kv = report["per_device_bytes"]["kv_cache"]
+    assert kv > 95 * GB
+    np.testing.assert_allclose(
+        kv, _kv_bytes_reference(_config("mistral7b.py", "sampling.engine=static"), 64, 1)
+    )
     assert report["fits"] is False
+    slots = plan.state_bytes(_config("mistral7b.py"), plan.abstract_mesh({"fsdp": 64}))
+    assert slots["kv_cache"] == pytest.approx(kv / 32)
+
+
+def test_the_simplerl_zoo_7b_recipe_fits_16_devices_of_80_gb(cli_reports):
+    """Mistral-7B with SimpleRL-Zoo's recipe (1,024 prompts x 8 samples of 1,024 + 8,192 tokens,
+    fp32 master weights, a reference copy and Adam state) on 16 devices of 80 GB: the
+    continuous engine's 256 slots keep the KV cache at 256 x 9,216 tokens, 19 GB a device (the
+    whole batch's would be 619 GB)."""
+    config = _config("mistral7b.py")
+    assert (config.rl.num_prompts, config.rl.num_samples) == (1024, 8)
+    assert (config.sampling.max_prompt_len, config.sampling.max_new_tokens) == (1024, 8192)
+    assert (config.sampling.engine, config.sampling.slots) == ("continuous", 256)
+    report = cli_reports["mistral7b_16x80"]
+    assert report["num_devices"] == 16 and report["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1}
+    assert report["device_memory_gb"] == 80.0
+    assert report["parameter_count"] == get_preset("mistral-7b").num_params()
+    sizes = report["per_device_bytes"]
+    assert sizes["reference"] == sizes["params"] > 0
+    assert sizes["optimizer_state"] >= 2 * sizes["params"]
+    np.testing.assert_allclose(sizes["kv_cache"], _kv_bytes_reference(config, 16, 1))
+    assert report["fits"] and report["peak_bytes"] <= 80 * GB, report["peak_gb"]
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_0_5b.py", "mistral7b.py"])

@@ -14,6 +14,7 @@ from flax import nnx
 
 from zero_rl.data import RecordError
 from zero_rl.models import config_from_hf, from_hf, get_preset, hf_config
+from zero_rl.sampling import SamplingOptions, template_stops
 from zero_rl.sharding import make_mesh
 from zero_rl.train import config as config_lib
 from zero_rl.train import loop
@@ -92,11 +93,68 @@ def test_unknown_override_key_lists_the_valid_ones():
         ("rl.max_draws=0", "rl.max_draws=0 must be >= 1"),
         ("eval_every=5", "eval_every=5 must be a multiple of checkpoint_every=10"),
         ("checkpoint_every=0", "eval_every=10 must be a multiple of checkpoint_every=0"),
+        ("sampling.engine=paged", r"sampling option engine='paged'; choose one of"),
+        ("sampling.slots=-8", "sampling option slots must be >= 0, got -8"),
+        (
+            "sampling.slots=4",
+            r"config.sampling.slots=4 cannot take one prefill of "
+            r"sampling.prefill_prompts=1 prompts x rl.num_samples=8",
+        ),
+        (
+            ["sampling.slots=8", "sampling.prefill_prompts=2"],
+            r"config.sampling.slots=8 cannot take one prefill of sampling.prefill_prompts=2",
+        ),
+        ("sampling.prefill_prompts=0", "sampling option prefill_prompts must be >= 1"),
+        ("sampling.drain_phases=-1", "sampling option drain_phases must be >= 0"),
+        ("sampling.top_p=0", r"sampling option top_p must be in \(0, 1\], got 0"),
+        ("eval.top_p=1.5", r"sampling option top_p must be in \(0, 1\], got 1.5"),
     ],
 )
 def test_validate_rejects_bad_values(override, match):
+    overrides = override if isinstance(override, list) else [override]
     with pytest.raises(ValueError, match=match):
-        validate(load_config(TINY, [override]))
+        validate(load_config(TINY, overrides))
+
+
+def test_sampling_options_are_the_rollouts_and_the_evaluations():
+    # The defaults: the continuous engine, one slot per response, one prompt per prefill.
+    base = config_lib.base_config().sampling
+    assert (base.engine, base.slots, base.prefill_prompts) == ("continuous", 0, 1)
+    config = load_config(TINY, [
+        "sampling.temperature=0.9", "sampling.top_p=0.95", "sampling.top_k=5",
+        "sampling.engine=static", "sampling.slots=16", "sampling.prefill_prompts=2",
+        "sampling.drain_phases=1", "sampling.prompts_per_call=8", "sampling.decode_segments=2",
+        "sampling.eval_max_new_tokens=48", "eval.temperature=0.6", "eval.top_p=0.8",
+    ])  # fmt: skip
+    validate(config)
+    rollout = config_lib.sampling_options(config, stop_token_ids=[2, 5], stop_strings=["</a>"])
+    assert rollout == SamplingOptions(
+        max_prompt_len=16, max_new_tokens=32, temperature=0.9, top_p=0.95, top_k=5,
+        stop_token_ids=(2, 5), stop_strings=("</a>",), engine="static", slots=16,
+        prefill_prompts=2, drain_phases=1, prompts_per_call=8, decode_segments=2,
+    )  # fmt: skip
+    evaluation = config_lib.sampling_options(
+        config, evaluation=True, stop_token_ids=[2, 5], stop_strings=["</a>"]
+    )
+    assert evaluation == rollout.replace(temperature=0.6, top_p=0.8, max_new_tokens=48)
+    # Without eval_max_new_tokens evaluation samples the rollout's length; no stops by default.
+    tiny = config_lib.sampling_options(load_config(TINY), evaluation=True)
+    assert (tiny.max_new_tokens, tiny.temperature, tiny.engine) == (32, 0.0, "continuous")
+    assert tiny.stop_token_ids == () and tiny.stop_strings == ()
+
+
+def test_the_run_samples_with_the_templates_stops(tmp_path):
+    config = load_config(TINY, ["mesh.data=1", "data.template=r1_zero",
+                                "sampling.max_prompt_len=512"])  # fmt: skip
+    run = run_lib.resolve(config, str(tmp_path))
+    stop_ids, stop_strings = template_stops(run.tokenizer, "r1_zero")
+    assert stop_strings == ("</answer>",) and run.stop_ids == list(stop_ids)
+    assert run.sampling == config_lib.sampling_options(
+        config, stop_token_ids=stop_ids, stop_strings=stop_strings
+    )
+    assert run.eval_sampling == config_lib.sampling_options(
+        config, evaluation=True, stop_token_ids=stop_ids, stop_strings=stop_strings
+    )
 
 
 def test_greedy_benchmark_evaluation_takes_one_sample():
@@ -176,6 +234,8 @@ def test_real_config_carries_the_simplerl_zoo_recipe(name):
     assert (c.rl.loss.clip_low, c.rl.loss.clip_high) == (0.2, 0.2)
     assert (c.sampling.temperature, c.sampling.top_p) == (1.0, 1.0)
     assert (c.sampling.max_prompt_len, c.sampling.max_new_tokens) == (1024, response_len)
+    # The continuous engine's 256-slot pool bounds the rollout's KV cache.
+    assert (c.sampling.engine, c.sampling.slots) == ("continuous", 256)
     # The 3K-response models are the 4K-context ones.
     assert (get_preset(preset).max_position == 4096) == (response_len == 3072)
     validate(c)
@@ -338,12 +398,16 @@ def test_rerun_differences_sort_result_changes_from_harmless_ones():
                     "mesh.data=1",
                     "total_steps=80",
                     "eval.limit=3",
+                    "sampling.slots=32",
+                    "sampling.prefill_prompts=2",
                 ],
             )
         ),  # fmt: skip
     )
     assert changed == ["rl.loss.kl_coef: 0.0001 -> 0.0", "seed: 0 -> 1"]
     assert harmless == ["eval.limit: 0 -> 3", "log_every: 1 -> 5", "mesh.data: -1 -> 1",
+                        "sampling.prefill_prompts: 1 -> 2",
+                        f"sampling.slots: {base.sampling.slots} -> 32",
                         "total_steps: 40 -> 80"]  # fmt: skip
     # Under a decaying learning rate, total_steps reshapes the schedule of every step.
     cosine = load_config(TINY, ["optim.schedule=cosine"])

@@ -216,17 +216,32 @@ def test_ppo_with_a_separate_critic_trains(tmp_path):
 
 
 def test_memory_settings_change_no_result(tmp_path):
-    """Sampling in calls of 2 prompts, a decode in 2 segments and query-chunked attention:
-    greedy rollouts and the update match the plain run's; a batch the calls cannot split is
+    """The static engine in calls of 2 prompts with a decode in 2 segments, the continuous
+    engine with a pool a quarter of the batch (refilled, two prompts per prefill), both with
+    query-chunked attention: greedy rollouts and the update match the plain run's (the
+    continuous engine, one slot per response); a batch the calls or the slots cannot split is
     named."""
     greedy = MICRO + ["total_steps=1", "checkpoint_every=0", "sampling.temperature=0"]
-    plain = train(load_config(TINY, greedy), str(tmp_path / "plain"))
-    memory = greedy + ["sampling.prompts_per_call=2", "model.attention=chunked",
-                       "model.attention_chunk=16", "sampling.decode_segments=2"]  # fmt: skip
-    light = train(load_config(TINY, memory), str(tmp_path / "light"))
-    for key in ["train/reward_mean", "train/response_length_mean", "train/loss",
-                "train/grad_norm", "train/entropy"]:  # fmt: skip
-        assert light[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    plain = train(load_config(TINY, greedy + ["sampling.slots=0"]), str(tmp_path / "plain"))
+    chunked = ["model.attention=chunked", "model.attention_chunk=16"]
+    variants = {
+        "static": greedy + chunked + ["sampling.engine=static", "sampling.prompts_per_call=2",
+                                      "sampling.decode_segments=2"],
+        "slots": greedy + chunked + ["sampling.slots=8", "sampling.prefill_prompts=2"],
+    }  # fmt: skip
+    light = {name: train(load_config(TINY, overrides), str(tmp_path / name))
+             for name, overrides in variants.items()}  # fmt: skip
+    for name, metrics in light.items():
+        for key in ["train/reward_mean", "train/response_length_mean", "train/loss",
+                    "train/grad_norm", "train/entropy"]:  # fmt: skip
+            assert metrics[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), (name, key)
+    # The continuous engine reports how busy its slots were; the static sampler has no slots.
+    assert "perf/slot_utilisation" not in light["static"]
+    assert 0 < light["slots"]["perf/slot_utilisation"] <= 1
+    assert 0 < plain["perf/slot_utilisation"] <= 1
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
     with pytest.raises(ValueError, match="rl.num_prompts=8 must be a multiple of 3"):
         update_options(load_config(TINY, greedy + ["sampling.prompts_per_call=3"]), mesh)
+    two = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1})
+    with pytest.raises(ValueError, match="sampling.slots=5 must be a multiple of 2"):
+        update_options(load_config(TINY, greedy + ["sampling.slots=5", "mesh.data=2"]), two)

@@ -13,6 +13,7 @@ from jax._src import array as jax_array
 from zero_rl.data import Example
 from zero_rl.rewards import RewardConfig, Verdict
 from zero_rl.sampler import SampleOutput
+from zero_rl.sampling import Samples, SamplingOptions, with_template_stops
 from zero_rl.tokenizer import load_tokenizer
 from zero_rl.train import config as config_lib
 from zero_rl.train import evaluate as evaluate_lib
@@ -223,6 +224,8 @@ def test_responses_are_cut_after_the_first_stop_string():
 
 
 class _TextTokenizer:
+    vocab_size = 1  # the one id the test's rows hold
+
     def __init__(self, text):
         self.text = text
 
@@ -243,12 +246,14 @@ def test_fit_prompts_names_a_too_long_prompt_or_drops_it():
 # ---------------------------------------------------------------------------------------------
 # A tiny random policy through the loop's own step.
 
-# Batches sharded over 2 devices; a random policy never gets a group right, so dynamic
-# sampling draws up to its cap.
+# Batches sharded over 2 devices, sampled by the continuous engine through 2 slots (refilled
+# inside its loop); a random policy never gets a group right, so dynamic sampling draws up to
+# its cap.
 SMALL = ["mesh.data=2", "mesh.fsdp=1", "mesh.tensor=1", "sft.steps=0", "eval_every=0",
          "rl.num_prompts=2", "rl.num_samples=2", "rl.minibatch_size=4",
-         "sampling.max_new_tokens=4", "reward.num_workers=1", "rl.dynamic_sampling=true",
-         "rl.max_draws=2", "rl.overlong_filter=true"]  # fmt: skip
+         "sampling.max_new_tokens=4", "sampling.engine=continuous", "sampling.slots=2",
+         "reward.num_workers=1", "rl.dynamic_sampling=true", "rl.max_draws=2",
+         "rl.overlong_filter=true"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +316,10 @@ def test_reference_only_with_a_kl_term_and_logprobs_dispatched_before_verifying(
     assert events == [*logprobs, "fetch", "score"]
     same = result.rollout.ref_logprobs_bn is result.rollout.old_logprobs_bn
     assert same == (kl_coef == 0.0)
+    # The engine's own counts: 2 groups of 2 responses in turn through 2 slots, 1 to 4 tokens
+    # each.
+    assert 0 < result.stats["perf/slot_utilisation"] <= 1
+    assert 2 <= result.stats["perf/decode_steps"] <= 2 * 4
 
 
 def test_the_response_tokens_are_the_only_device_to_host_transfer_of_a_step(policies, pool):
@@ -364,7 +373,7 @@ class _RowTextTokenizer:
         return getattr(self._tokenizer, name)
 
     def decode(self, ids):
-        return self.texts[ids[0]]
+        return self.texts[ids[0]] if ids else ""  # as a real tokenizer decodes no tokens
 
 
 def _evaluate_scripted(monkeypatch, progress=False):
@@ -372,20 +381,26 @@ def _evaluate_scripted(monkeypatch, progress=False):
     texts = ["\\boxed{3}</answer> more: \\boxed{7}", "\\boxed{7}</answer> \\boxed{3}", "\\boxed{3}"]
     tokenizer = _RowTextTokenizer(texts)
 
-    def fake_generate(model, tokens_bt, positions_bt, *, max_new_tokens, **kwargs):
-        rows = tokens_bt.shape[0]
-        return SampleOutput(
-            tokens_bn=jnp.arange(rows)[:, None] * jnp.ones((1, max_new_tokens), jnp.int32),
-            logprobs_bn=jnp.zeros((rows, max_new_tokens)), lengths_b=jnp.full((rows,), 2),
-            stopped_b=jnp.ones((rows,), bool), decode_steps_b=jnp.full((rows,), 2),
+    def fake_generate(model, tokens_bt, positions_bt, options, **kwargs):
+        rows, n = tokens_bt.shape[0], options.max_new_tokens
+        return Samples(
+            SampleOutput(
+                tokens_bn=jnp.arange(rows)[:, None] * jnp.ones((1, n), jnp.int32),
+                logprobs_bn=jnp.zeros((rows, n)), lengths_b=jnp.full((rows,), 2),
+                stopped_b=jnp.ones((rows,), bool), decode_steps_b=jnp.full((rows,), 2),
+            ),
+            None,
         )  # fmt: skip
 
-    monkeypatch.setattr(evaluate_lib.sampler, "generate_padded", fake_generate)
+    monkeypatch.setattr(evaluate_lib, "generate_padded", fake_generate)
     examples = [Example(f"e/{i}", "1+2=", "3", "e") for i in range(3)]
+    sampling = with_template_stops(
+        SamplingOptions(max_prompt_len=512, max_new_tokens=4, temperature=0.0), tokenizer, "r1_zero"
+    )
+    assert sampling.stop_strings == ("</answer>",)
     result = evaluate_lib.evaluate(
-        None, None, examples, tokenizer=tokenizer, template="r1_zero", max_prompt_len=512,
-        max_new_tokens=4, batch_size=4, stop_token_ids=(), reward=RewardConfig(),
-        progress=progress,
+        None, None, examples, tokenizer=tokenizer, template="r1_zero", sampling=sampling,
+        batch_size=4, reward=RewardConfig(), progress=progress,
     )  # fmt: skip
     return result, tokenizer
 

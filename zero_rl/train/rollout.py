@@ -273,6 +273,10 @@ class RolloutCollector:
         )
 
 
+# `perf/` statistics that are ratios: averaged over dynamic-sampling draws, not summed.
+_PERF_RATIOS = ("perf/slot_utilisation",)
+
+
 def _replicated_scalars(*xs: jax.Array) -> list[int]:
     """Replicated device scalars (every process holds them) on the host."""
     with jax.transfer_guard_device_to_host("allow"):
@@ -331,7 +335,8 @@ def collect(
     # Metrics describe everything that was sampled, not only the kept groups.
     for key in draws[0].stats:
         values = [r.stats[key] for r in draws]
-        result.stats[key] = float(np.sum(values) if key.startswith("perf/") else np.mean(values))
+        summed = key.startswith("perf/") and key not in _PERF_RATIOS  # times and counts add up
+        result.stats[key] = float(np.sum(values) if summed else np.mean(values))
     result.stats["train/dynamic_sampling_draws"] = float(len(draws))
     # Counted on the rollout, which spans all processes' groups.
     kept_groups = (
