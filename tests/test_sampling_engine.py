@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 from flax import nnx
 
 from zero_rl import sampler, sharding
@@ -16,7 +15,7 @@ from zero_rl.models import ModelConfig, create_model, param_shardings, to_hf, to
 from zero_rl.sampling import SamplingOptions, engine, generate, generate_padded
 
 # The static sampler's NumPy reference of top-k / top-p (a test-module import, as elsewhere).
-from test_sampler import _numpy_truncate  # isort: skip
+from test_sampler import _chi_square_p_value, _numpy_truncate  # isort: skip
 
 CFG = ModelConfig(
     vocab_size=61,
@@ -102,19 +101,6 @@ def _cut(row, stops, budget):
         if t in stops:
             return i + 1, True
     return budget, False
-
-
-def _chi_square_p_value(counts, probs):
-    """Pearson's test of counts [vocab] against probabilities [vocab]: 0 if any count falls
-    where the probability is 0; bins expecting fewer than 5 draws are pooled."""
-    if counts[probs == 0].sum():
-        return 0.0
-    expected = probs * counts.sum()
-    big = expected >= 5
-    obs = np.append(counts[big], counts[~big & (probs > 0)].sum())
-    exp = np.append(expected[big], expected[~big & (probs > 0)].sum())
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    return float(scipy.stats.chi2.sf(np.sum((obs - exp) ** 2 / exp), len(exp) - 1))
 
 
 def _host(samples):
