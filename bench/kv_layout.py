@@ -2,10 +2,11 @@
 
 One decode step's attention of every slot over its cache, for all layers, at the 20M bench
 shape: (a) per-slot regions [slots, kv_heads, context, head_dim], read in place as the engine
-does, and (b) paged blocks, a pool [blocks, kv_heads, block, head_dim] read through a per-slot
-block table (a gather, as a vLLM-style pool does in XLA without a custom kernel). Both are timed
-in one process, interleaved, against a whole decode step of the same model, so the ratios say
-what each layout costs and how much of a step attention is.
+does (scores as [slots, kv_heads, context, group]; also timed with the earlier
+[.., group, context] scores), and (b) paged blocks, a pool [blocks, kv_heads, block, head_dim]
+read through a per-slot block table (a gather, as a vLLM-style pool does in XLA without a
+custom kernel). Both are timed in one process, interleaved, against a whole decode step of the
+same model, so the ratios say what each layout costs and how much of a step attention is.
 
     python bench/kv_layout.py --cpus=2
 """
@@ -61,10 +62,24 @@ def main() -> None:
         return jnp.zeros_like(x).at[:, perm].set(x)
 
     pool_k, pool_v = to_pool(regions_k), to_pool(regions_v)
+    # One array per layer, as the engine's unrolled cache holds them: a slice of a stacked
+    # array inside the program would be fused into the matmul and time something else.
+    q_lskgh, regions_k, regions_v, pool_k, pool_v = (
+        list(x) for x in (q_lskgh, regions_k, regions_v, pool_k, pool_v)
+    )
 
     @jax.jit
     def regions(q, k, v):
         return [attend_decode(q[i], [k[i]], [v[i]], [valid_sc]) for i in range(layers)]
+
+    @jax.jit
+    def regions_group_major(q, k, v):  # scores as [.., group, slots]: the earlier layout
+        def attend(q_skgh, k_skch, v_skch):
+            s_skgc = jnp.einsum("skgh,skch->skgc", q_skgh, k_skch) / np.sqrt(hd)
+            p_skgc = jax.nn.softmax(jnp.where(valid_sc[:, None, None], s_skgc, -1e30), axis=-1)
+            return jnp.einsum("skgc,skch->skgh", p_skgc, v_skch)
+
+        return [attend(q[i], k[i], v[i]) for i in range(layers)]
 
     @jax.jit
     def paged(q, k, v, table):
@@ -78,7 +93,9 @@ def main() -> None:
 
     out_a = regions(q_lskgh, regions_k, regions_v)
     out_b = paged(q_lskgh, pool_k, pool_v, table_sn)
-    np.testing.assert_allclose(np.asarray(out_a[0]), np.asarray(out_b[0]), rtol=1e-5, atol=1e-5)
+    out_c = regions_group_major(q_lskgh, regions_k, regions_v)
+    for out in (out_b, out_c):
+        np.testing.assert_allclose(np.asarray(out_a[0]), np.asarray(out[0]), rtol=1e-5, atol=1e-5)
 
     # A whole engine decode step of the same shape: the engine's time per slot-step on a
     # workload where every slot runs the full context (fixed budgets, no refills).
@@ -95,6 +112,7 @@ def main() -> None:
         {
             "regions": lambda: regions(q_lskgh, regions_k, regions_v),
             "paged": lambda: paged(q_lskgh, pool_k, pool_v, table_sn),
+            "group_major": lambda: regions_group_major(q_lskgh, regions_k, regions_v),
         },
         repeats=args.repeats,
     )
@@ -103,6 +121,8 @@ def main() -> None:
         ("attention, per-slot regions", t["regions"].median * 1e3, "ms per step (all layers)"),
         ("attention, paged blocks", t["paged"].median * 1e3, "ms per step (gather + attend)"),
         ("paged / regions", t["paged"].median / t["regions"].median, "x"),
+        ("regions, scores [group, slots]", t["group_major"].median * 1e3, "ms (earlier layout)"),
+        ("[group, slots] / regions", t["group_major"].median / t["regions"].median, "x"),
         ("engine decode step", step_s * 1e3, f"ms ({s} slots, {c} context, mean over {n})"),
         ("regions attention share", t["regions"].median / step_s, "of a full-context step"),
     ]
@@ -113,6 +133,7 @@ def main() -> None:
             "regions_s": t["regions"].median,
             "paged_s": t["paged"].median,
             "paged_over_regions": t["paged"].median / t["regions"].median,
+            "group_major_s": t["group_major"].median,
             "engine_step_s": step_s,
         },
         args,

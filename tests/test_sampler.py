@@ -250,6 +250,44 @@ def test_sampled_frequencies_match_the_truncated_tempered_softmax(temperature, t
     assert _chi_square_p_value(counts, probs(1.0)) < 1e-6
 
 
+def test_draw_categorical_inverts_the_cdf_of_blocks_then_tokens():
+    """Hand-computed: probabilities .1 .2 .3 .4 in blocks of 2 have block masses .3 .7."""
+    logits = jnp.log(jnp.asarray([[0.1, 0.2, 0.3, 0.4]] * 3))
+    uniforms = jnp.asarray([[0.5, 0.5], [0.29, 0.99], [0.29, 0.2]])
+    # (.5 -> block 1, .5 of [.3, .4] -> token 3); (.29 -> block 0, .99 -> token 1); (.2 -> 0)
+    tokens = sampler.draw_categorical(logits, uniforms, block=2)
+    assert np.asarray(tokens).tolist() == [3, 1, 0]
+
+
+def test_draw_categorical_never_draws_a_zero_probability_token():
+    """u = 0 and u just below 1 land on the first and last tokens of nonzero mass, also when
+    whole blocks are empty and the vocab is not a multiple of the block."""
+    floor = jnp.finfo(jnp.float32).min
+    logits = jnp.full((2, 10), floor).at[:, 3].set(0.0).at[:, 6].set(1.0)
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+    uniforms = jnp.asarray([[0.0, 0.0], [below_one, below_one]])
+    tokens = sampler.draw_categorical(logits, uniforms, block=4)
+    assert np.asarray(tokens).tolist() == [3, 6]
+
+
+def test_draw_categorical_frequencies_match_float64_softmax():
+    """20,000 draws over a 300-token vocab (blocks of 128, the last one padded) with a peaked,
+    partly truncated distribution, against the float64 softmax."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=300) * 2.5
+    logits[rng.choice(300, 40, replace=False)] = np.finfo(np.float32).min
+    n = 20_000
+    uniforms = jax.random.uniform(jax.random.key(3), (n, 2))
+    logits_nv = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, 300))
+    tokens = np.asarray(jax.jit(sampler.draw_categorical)(logits_nv, uniforms))
+    counts = np.bincount(tokens, minlength=300)
+    probs = np.where(logits > -1e30, np.exp(logits - logits.max()), 0.0)
+    probs /= probs.sum()
+    assert _chi_square_p_value(counts, probs) > 1e-3
+    flat = np.full(300, 1 / 300)  # the test has power
+    assert _chi_square_p_value(counts, flat) < 1e-6
+
+
 def test_sampled_tokens_stay_inside_the_truncated_set(model):
     out = sampler.generate(
         model, PROMPTS, max_new_tokens=5, top_k=3, rng=jax.random.key(0), prompt_buckets=BUCKETS

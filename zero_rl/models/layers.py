@@ -179,7 +179,10 @@ def attend_decode(
 
     The chunks are read where they lie: both matmuls batch over (batch, kv_heads) and contract
     head_dim / slots, the layout the cache is stored in, so no copy or transpose of the cache is
-    made, and a query-head group shares its kv head inside one matmul. Scores and softmax are
+    made, and a query-head group shares its kv head inside one matmul. Scores are kept as
+    [batch, kv_heads, slots, group], the cache's slots as the matmul's long (left-hand) axis:
+    as [.., group, slots], XLA:CPU's matmul packs the cache as its right-hand operand, which
+    was 3-4x slower at 1K slots on the 20M bench shape (bench/kv_layout.py). Scores and softmax are
     float32, as in `jax.nn.dot_product_attention`.
 
     `active_chunks` (a traced bool per chunk, None = always) skips the chunks no row may read
@@ -199,21 +202,21 @@ def attend_decode(
         return jax.lax.cond(active, compute, lambda: jnp.full(shape, 0.0, f32))
 
     def scores(k_bksh, m_bs):
-        s_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh, preferred_element_type=f32)
-        return jnp.where(m_bs[:, None, None, :], s_bkgs * scale, floor)
+        s_bksg = jnp.einsum("bksh,bkgh->bksg", k_bksh, q_bkgh, preferred_element_type=f32)
+        return jnp.where(m_bs[:, None, :, None], s_bksg * scale, floor)
 
     parts = []
     for k_bksh, m_bs, active in zip(k_chunks_bksh, valid_chunks_bs, active_chunks, strict=True):
-        shape = (*q_bkgh.shape[:3], k_bksh.shape[2])
+        shape = (*k_bksh.shape[:3], q_bkgh.shape[2])
         part = when(active, lambda k=k_bksh, m=m_bs: scores(k, m), shape)
         parts.append(part if active is None else jnp.where(active, part, floor))
-    probs_bkgs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
+    probs_bksg = jax.nn.softmax(jnp.concatenate(parts, axis=2), axis=2)
     out_bkgh, offset = 0.0, 0
     for v_bksh, active in zip(v_chunks_bksh, active_chunks, strict=True):
-        p_bkgs = probs_bkgs[..., offset : offset + v_bksh.shape[2]].astype(v_bksh.dtype)
+        p_bksg = probs_bksg[:, :, offset : offset + v_bksh.shape[2]].astype(v_bksh.dtype)
         out_bkgh += when(
             active,
-            lambda p=p_bkgs, v=v_bksh: jnp.einsum("bkgs,bksh->bkgh", p, v,
+            lambda p=p_bksg, v=v_bksh: jnp.einsum("bksg,bksh->bkgh", p, v,
                                                   preferred_element_type=f32),
             q_bkgh.shape,
         )  # fmt: skip

@@ -266,42 +266,96 @@ class Transformer(nnx.Module):
         chunks [0, read_chunks) of the cache. `groups` is `decode_groups(...)`, matching the
         cache's layer groups.
         """
-        cfg = self.cfg
-        x_b1d = self._embed(tokens_b[:, None])
         pos_b1 = positions_b[:, None].astype(jnp.int32)
-        rope = rope_cos_sin(pos_b1, rope_inv_frequencies(cfg))
         pos = list(cache.pos)
         pos[write_chunk] = jax.lax.dynamic_update_slice_in_dim(
             pos[write_chunk], pos_b1, write_index, axis=1
         )
+
+        def write(chunks, new_bk1h, layer):  # slot (layer, write_index) of chunk write_chunk
+            chunks, c = list(chunks), chunks[write_chunk]
+            if layer is None:  # one layer's [batch, kv, slots, hd]
+                new, start = new_bk1h, (0, 0, write_index, 0)
+            else:
+                new, start = new_bk1h[None], (layer, 0, 0, write_index, 0)
+            chunks[write_chunk] = jax.lax.dynamic_update_slice(c, new.astype(c.dtype), start)
+            return chunks
+
+        return self._decode_layers(groups, tokens_b, pos_b1, cache._replace(pos=tuple(pos)),
+                                   write, read_chunks=read_chunks)  # fmt: skip
+
+    def decode_step_rows(
+        self,
+        groups: Sequence[Block],
+        tokens_b: jax.Array,
+        positions_b: jax.Array,
+        cache: DecodeCache,
+        *,
+        row_offsets: jax.Array,
+        active_chunks: Sequence[jax.Array | None] | None = None,
+    ) -> tuple[jax.Array, DecodeCache]:
+        """`decode_step` for per-row regions (the continuous engine's slots): row b's token goes
+        to offset row_offsets[b] of the chunks after the first, read as one region (an offset
+        past them writes nothing: one scatter per chunk and layer, rows outside it dropped),
+        then attends over every chunk. `active_chunks` (a traced bool or None per chunk) lets
+        attention skip chunks no row may read (`attend_decode`).
+        """
+        pos_b1 = positions_b[:, None].astype(jnp.int32)
+        rows = jnp.arange(tokens_b.shape[0])
+        pos, targets, start = list(cache.pos), [], 0
+        for c in range(1, len(pos)):
+            length = pos[c].shape[1]
+            inside_b = (row_offsets >= start) & (row_offsets < start + length)
+            row_b = jnp.where(inside_b, rows, rows.shape[0])  # out of range: dropped
+            local_b = jnp.clip(row_offsets - start, 0, length - 1)
+            pos[c] = pos[c].at[row_b, local_b].set(pos_b1[:, 0], mode="drop")
+            targets.append((c, row_b, local_b))
+            start += length
+
+        def write(chunks, new_bk1h, layer):  # each row's slot of its chunk (of `layer`)
+            chunks, update_bkh = list(chunks), new_bk1h[:, :, 0]
+            for c, row_b, local_b in targets:
+                lead = () if layer is None else (layer,)
+                index = (*lead, row_b, slice(None), local_b)  # -> [batch, kv, hd]
+                chunks[c] = chunks[c].at[index].set(update_bkh.astype(chunks[c].dtype),
+                                                    mode="drop")  # fmt: skip
+            return chunks
+
+        return self._decode_layers(groups, tokens_b, pos_b1, cache._replace(pos=tuple(pos)),
+                                   write, read_chunks=len(pos),
+                                   active_chunks=active_chunks)  # fmt: skip
+
+    def _decode_layers(
+        self, groups, tokens_b, pos_b1, cache, write, *, read_chunks, active_chunks=None
+    ):
+        """The layers of a decode step over `cache` (its positions already hold the new
+        token's): each layer writes its new key and value with `write(chunks, new_bk1h,
+        layer)` (layer: None for a group of one, else the scanned index), then reads chunks
+        [0, read_chunks). Writing before reading lets XLA update the cache in place: a read of
+        the old chunk unordered with the write makes it copy the chunk (in the engine, whose
+        reads sit in conditionals, every response chunk twice a step)."""
+        cfg = self.cfg
+        x_b1d = self._embed(tokens_b[:, None])
+        rope = rope_cos_sin(pos_b1, rope_inv_frequencies(cfg))
         # The masks depend on positions only: built once per step, shared by every layer.
         valid_chunks_bs = [
             attention_mask(pos_b1, p_bs, sliding_window=cfg.sliding_window)[:, 0, 0]
-            for p_bs in pos[:read_chunks]
+            for p_bs in cache.pos[:read_chunks]
         ]
+        active = None if active_chunks is None else list(active_chunks)[:read_chunks]
 
         def layer(carry, layer_state, graphdef):
             x_b1d, k_chunks, v_chunks, i = carry
 
-            def store(k_bk1h, v_bk1h):  # write slot (i, write_index), then read layer i
-                def write(chunks, new_bk1h):
-                    chunks, c = list(chunks), chunks[write_chunk]
-                    if i is None:  # one layer's [batch, kv, slots, hd]
-                        new, start = new_bk1h, (0, 0, write_index, 0)
-                    else:
-                        new, start = new_bk1h[None], (i, 0, 0, write_index, 0)
-                    chunks[write_chunk] = jax.lax.dynamic_update_slice(
-                        c, new.astype(c.dtype), start
-                    )
-                    return tuple(chunks)
-
+            def store(k_bk1h, v_bk1h):  # write layer i's new slots, then read layer i
                 def read(chunks):
                     if i is None:
                         return chunks[:read_chunks]
                     return [jax.lax.dynamic_index_in_dim(c, i, keepdims=False)
                             for c in chunks[:read_chunks]]  # fmt: skip
 
-                k_new, v_new = write(k_chunks, k_bk1h), write(v_chunks, v_bk1h)
+                k_new = tuple(write(k_chunks, k_bk1h, i))
+                v_new = tuple(write(v_chunks, v_bk1h, i))
                 # Without the barrier XLA:CPU, which runs bf16 matmuls in float32, rewrites
                 # convert(read(update(cache))) into an update of a float32 copy of the cache
                 # (all layers' when scanned, in every layer: +19 GB per device in the
@@ -310,7 +364,8 @@ class Transformer(nnx.Module):
                 return read(k_new), read(v_new), (k_new, v_new)
 
             block = nnx.merge(graphdef, layer_state)
-            x_b1d, (k_chunks, v_chunks) = block.decode(x_b1d, rope, valid_chunks_bs, store)
+            x_b1d, (k_chunks, v_chunks) = block.decode(x_b1d, rope, valid_chunks_bs, store,
+                                                       active)  # fmt: skip
             return (x_b1d, k_chunks, v_chunks, None if i is None else i + 1), None
 
         k_groups, v_groups = [], []
@@ -327,88 +382,7 @@ class Transformer(nnx.Module):
             k_groups.append(k_chunks)
             v_groups.append(v_chunks)
         logits_bv = self.logits(self.final_norm(x_b1d))[:, 0]
-        return logits_bv, DecodeCache(tuple(k_groups), tuple(v_groups), tuple(pos))
-
-    def decode_step_rows(
-        self,
-        groups: Sequence[Block],
-        tokens_b: jax.Array,
-        positions_b: jax.Array,
-        cache: DecodeCache,
-        *,
-        row_offsets: jax.Array,
-        active_chunks: Sequence[jax.Array | None] | None = None,
-    ) -> tuple[jax.Array, DecodeCache]:
-        """`decode_step` for per-row regions (the continuous engine's slots): row b's token goes
-        to offset row_offsets[b] of the chunks after the first, read as one region (an offset
-        past them writes nothing). The token attends over the cache as it is plus its own key
-        and value, and every layer's new keys and values are written after the last layer,
-        one scatter per chunk, so the layers only read the cache. `active_chunks` (a traced
-        bool or None per chunk) lets attention skip chunks no row may read (`attend_decode`).
-        """
-        cfg = self.cfg
-        x_b1d = self._embed(tokens_b[:, None])
-        pos_b1 = positions_b[:, None].astype(jnp.int32)
-        rope = rope_cos_sin(pos_b1, rope_inv_frequencies(cfg))
-        valid_chunks_bs = [
-            attention_mask(pos_b1, p_bs, sliding_window=cfg.sliding_window)[:, 0, 0]
-            for p_bs in cache.pos
-        ] + [pos_b1 >= 0]  # the token's own key
-        active = [*(active_chunks or [None] * len(cache.pos)), None]
-
-        def layer(x_b1d, layer_state, graphdef, k_chunks, v_chunks, i):
-            def store(k_bk1h, v_bk1h):
-                def read(chunks):
-                    if i is None:
-                        return list(chunks)
-                    return [jax.lax.dynamic_index_in_dim(c, i, keepdims=False) for c in chunks]
-
-                return read(k_chunks) + [k_bk1h], read(v_chunks) + [v_bk1h], (k_bk1h, v_bk1h)
-
-            block = nnx.merge(graphdef, layer_state)
-            return block.decode(x_b1d, rope, valid_chunks_bs, store, active)
-
-        new_k, new_v = [], []  # per group: [batch, kv, 1, hd], or [layers, batch, kv, 1, hd]
-        for group, k_chunks, v_chunks in zip(groups, cache.k, cache.v, strict=True):
-            graphdef, state = nnx.split(group)
-            if k_chunks[0].ndim == 4:  # one layer, unrolled
-                x_b1d, (k_new, v_new) = layer(x_b1d, jax.tree.map(lambda w: w[0], state),
-                                              graphdef, k_chunks, v_chunks, None)  # fmt: skip
-            else:
-
-                def body(x_b1d, xs, graphdef=graphdef, k_chunks=k_chunks, v_chunks=v_chunks):
-                    layer_state, i = xs
-                    return layer(x_b1d, layer_state, graphdef, k_chunks, v_chunks, i)
-
-                layers = jnp.arange(k_chunks[0].shape[0], dtype=jnp.int32)
-                x_b1d, (k_new, v_new) = jax.lax.scan(body, x_b1d, (state, layers))
-            new_k.append(k_new)
-            new_v.append(v_new)
-        logits_bv = self.logits(self.final_norm(x_b1d))[:, 0]
-
-        rows = jnp.arange(tokens_b.shape[0])
-        k_groups = [list(chunks) for chunks in cache.k]
-        v_groups = [list(chunks) for chunks in cache.v]
-        pos, start = list(cache.pos), 0
-        for c in range(1, len(pos)):
-            length = pos[c].shape[1]
-            inside_b = (row_offsets >= start) & (row_offsets < start + length)
-            row_b = jnp.where(inside_b, rows, rows.shape[0])  # out of range: dropped
-            local_b = jnp.clip(row_offsets - start, 0, length - 1)
-            pos[c] = pos[c].at[row_b, local_b].set(pos_b1[:, 0], mode="drop")
-            for chunks_groups, news in ((k_groups, new_k), (v_groups, new_v)):
-                for chunks, new in zip(chunks_groups, news, strict=True):
-                    if new.ndim == 4:  # [batch, kv, 1, hd] -> [batch, kv, hd]
-                        index, update = (row_b, slice(None), local_b), new[:, :, 0]
-                    else:  # [layers, batch, kv, 1, hd] -> [batch, layers, kv, hd]
-                        index = (slice(None), row_b, slice(None), local_b)
-                        update = new[:, :, :, 0].transpose(1, 0, 2, 3)
-                    chunks[c] = chunks[c].at[index].set(update.astype(chunks[c].dtype),
-                                                        mode="drop")  # fmt: skip
-            start += length
-        k_out = tuple(tuple(chunks) for chunks in k_groups)
-        v_out = tuple(tuple(chunks) for chunks in v_groups)
-        return logits_bv, DecodeCache(k_out, v_out, tuple(pos))
+        return logits_bv, DecodeCache(tuple(k_groups), tuple(v_groups), cache.pos)
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         """Logits [batch, time, vocab] float32 of hidden states [batch, time, embed].

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zero_rl.models.transformer import DecodeCache
-from zero_rl.sampler import SampleOutput, _compute_dtype_model, truncate_logits
+from zero_rl.sampler import SampleOutput, _compute_dtype_model, draw_categorical, truncate_logits
 from zero_rl.sharding import active_shards, constrain
 
 
@@ -257,11 +257,10 @@ def _run(
         scaled_sv = truncate_logits(logits_sv / temperature, top_k=static.top_k,
                                     top_p=static.top_p)  # fmt: skip
 
-        def one(row, count, logits_v):
-            key = jax.random.fold_in(jax.random.fold_in(rng, row), count)
-            return jax.random.categorical(key, logits_v)
+        def uniforms(row, count):
+            return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(rng, row), count), (2,))
 
-        return jax.vmap(one)(row_s, count_s, scaled_sv).astype(jnp.int32)
+        return draw_categorical(scaled_sv, jax.vmap(uniforms)(row_s, count_s))
 
     def step(st: _LoopState, refills: bool = True) -> _LoopState:
         if refills:
