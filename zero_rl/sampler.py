@@ -4,6 +4,8 @@ KV cache, reading the trainer's own params pytree (no copy, no weight sync).
 Shapes come from buckets (batch rows, prompt length), so a training run compiles the sampler
 once. The log-probs returned are under the policy at temperature 1 - what the RL loss needs as
 the behaviour log-probs - whatever temperature / top-k / top-p were used to draw the tokens.
+Array names end in shape suffixes (`tokens_bn`: [rows, max_new_tokens]); `zero_rl.models`
+lists the letters, and their meanings in the sampling code.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ class SampleOutput(NamedTuple):
 
     def finish_reasons(self) -> list[str]:
         return [FINISH_STOP if s else FINISH_LENGTH for s in np.asarray(self.stopped_b)]
+
+
+class _DecodeState(NamedTuple):
+    """The decode loop's carry. A step samples token `step` of each row's response (at
+    position next_pos_b + step) from `logits_bv` and runs it through the model."""
+
+    step: jax.Array  # decode steps run
+    cache: DecodeCache
+    logits_bv: jax.Array  # [rows, vocab] float32, each row's next-token logits
+    tokens_bn: jax.Array  # [rows, max_new_tokens] the outputs so far, pad_id after the end
+    logprobs_bn: jax.Array  # [rows, max_new_tokens] their log-probs at temperature 1
+    done_b: jax.Array  # [rows] the row's response has ended (or the row is empty)
+    stopped_b: jax.Array  # [rows] a stop token or stop string ended it
+    lengths_b: jax.Array  # [rows] its length, set when it ends
+    stop_state_b: jax.Array  # [rows] stop-string automaton state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,18 +123,20 @@ def draw_categorical(logits_bv: jax.Array, uniform_b2: jax.Array, block: int = 1
     rows, vocab = logits_bv.shape
     logits_bv = logits_bv.astype(jnp.float32)
     weights_bv = jnp.exp(logits_bv - jnp.max(logits_bv, axis=-1, keepdims=True))
-    weights_bnk = jnp.pad(weights_bv, ((0, 0), (0, -vocab % block))).reshape(rows, -1, block)
+    # [rows, blocks, block]: the vocabulary in chunks of `block` tokens.
+    weights_bmc = jnp.pad(weights_bv, ((0, 0), (0, -vocab % block))).reshape(rows, -1, block)
 
-    def invert(weights_bn, u_b):  # the interval holding u * total, never one of zero weight
-        cumulative_bn = jnp.cumsum(weights_bn, axis=-1)
-        index_b = jnp.sum(cumulative_bn <= u_b[:, None] * cumulative_bn[:, -1:], axis=-1)
+    def invert(weights, u_b):
+        """Of weights [rows, intervals], the interval holding u * total, never one of weight 0."""
+        cumulative = jnp.cumsum(weights, axis=-1)
+        index_b = jnp.sum(cumulative <= u_b[:, None] * cumulative[:, -1:], axis=-1)
         # u * total may round up to the total: the last interval of nonzero weight then.
-        last_b = weights_bn.shape[1] - 1 - jnp.argmax(weights_bn[:, ::-1] > 0, axis=-1)
+        last_b = weights.shape[1] - 1 - jnp.argmax(weights[:, ::-1] > 0, axis=-1)
         return jnp.minimum(index_b, last_b)
 
-    block_b = invert(jnp.sum(weights_bnk, axis=-1), uniform_b2[:, 0])
-    inner_bk = jnp.take_along_axis(weights_bnk, block_b[:, None, None], axis=1)[:, 0]
-    return (block_b * block + invert(inner_bk, uniform_b2[:, 1])).astype(jnp.int32)
+    block_b = invert(jnp.sum(weights_bmc, axis=-1), uniform_b2[:, 0])
+    inner_bc = jnp.take_along_axis(weights_bmc, block_b[:, None, None], axis=1)[:, 0]
+    return (block_b * block + invert(inner_bc, uniform_b2[:, 1])).astype(jnp.int32)
 
 
 def _nucleus_threshold(logits_bv: jax.Array, top_p: float) -> jax.Array:
@@ -241,36 +260,33 @@ def _decode(
     n = static.max_new_tokens
     stop_ids = jnp.asarray(static.stop_token_ids or (-1,), jnp.int32)
 
-    def cond(state, end):
-        step, done_b = state[0], state[5]
-        return (step < end) & ~jnp.all(done_b)
+    def cond(st: _DecodeState, end) -> jax.Array:
+        return (st.step < end) & ~jnp.all(st.done_b)
 
-    def body(state, segment, start):
-        step, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b, lengths_b, stop_q_b = (
-            state
-        )
+    def body(st: _DecodeState, segment, start) -> _DecodeState:
+        step, was_done_b = st.step, st.done_b
         if static.greedy:
-            token_b = jnp.argmax(logits_bv, axis=-1)
+            token_b = jnp.argmax(st.logits_bv, axis=-1)
         else:
             scaled = truncate_logits(
-                logits_bv / temperature, top_k=static.top_k, top_p=static.top_p
+                st.logits_bv / temperature, top_k=static.top_k, top_p=static.top_p
             )
             uniform_b2 = jax.random.uniform(jax.random.fold_in(rng, step), (scaled.shape[0], 2))
             token_b = draw_categorical(scaled, uniform_b2)
         token_b = token_b.astype(jnp.int32)
-        logp_b = jnp.take_along_axis(logits_bv, token_b[:, None], axis=-1)[:, 0]
-        logp_b = logp_b - jax.nn.logsumexp(logits_bv, axis=-1)
-        token_b = jnp.where(done_b, static.pad_id, token_b)
-        logp_b = jnp.where(done_b, 0.0, logp_b)
-        tokens_bn = jax.lax.dynamic_update_slice_in_dim(tokens_bn, token_b[:, None], step, 1)
-        logprobs_bn = jax.lax.dynamic_update_slice_in_dim(logprobs_bn, logp_b[:, None], step, 1)
-        stop_q_b = stop_table_qv[stop_q_b, token_b]
+        logp_b = jnp.take_along_axis(st.logits_bv, token_b[:, None], axis=-1)[:, 0]
+        logp_b = logp_b - jax.nn.logsumexp(st.logits_bv, axis=-1)
+        token_b = jnp.where(was_done_b, static.pad_id, token_b)
+        logp_b = jnp.where(was_done_b, 0.0, logp_b)
+        tokens_bn = jax.lax.dynamic_update_slice_in_dim(st.tokens_bn, token_b[:, None], step, 1)
+        logprobs_bn = jax.lax.dynamic_update_slice_in_dim(st.logprobs_bn, logp_b[:, None], step, 1)
+        stop_state_b = stop_table_qv[st.stop_state_b, token_b]
         is_stop = jnp.any(token_b[:, None] == stop_ids[None, :], axis=-1)
-        is_stop = (is_stop | (stop_q_b == static.match_state)) & ~done_b
-        ends = is_stop | (~done_b & (step + 1 >= max_new_b))
-        lengths_b = jnp.where(ends, step + 1, lengths_b)
-        stopped_b = stopped_b | is_stop
-        done_b = done_b | ends
+        is_stop = (is_stop | (stop_state_b == static.match_state)) & ~was_done_b
+        ends = is_stop | (~was_done_b & (step + 1 >= max_new_b))
+        lengths_b = jnp.where(ends, step + 1, st.lengths_b)
+        stopped_b = st.stopped_b | is_stop
+        done_b = was_done_b | ends
         # Finished rows still run through the model (shapes are fixed) but write position -1,
         # which no query attends to.
         pos_b = jnp.where(done_b, -1, next_pos_b + step)
@@ -278,24 +294,33 @@ def _decode(
             groups,
             token_b,
             pos_b,
-            cache,
+            st.cache,
             read_chunks=segment + 2,
             write_chunk=segment + 1,
             write_index=step - start,
         )
-        return (step + 1, cache, logits_bv, tokens_bn, logprobs_bn, done_b, stopped_b, lengths_b,
-                stop_q_b)  # fmt: skip
+        return _DecodeState(
+            step=step + 1,
+            cache=cache,
+            logits_bv=logits_bv,
+            tokens_bn=tokens_bn,
+            logprobs_bn=logprobs_bn,
+            done_b=done_b,
+            stopped_b=stopped_b,
+            lengths_b=lengths_b,
+            stop_state_b=stop_state_b,
+        )
 
-    state = (
-        jnp.int32(0),
-        cache,
-        logits_bv,
-        jnp.full((rows, n), static.pad_id, jnp.int32),
-        jnp.zeros((rows, n), jnp.float32),
-        next_pos_b < 0,  # empty rows that pad the batch are done from the start
-        jnp.zeros((rows,), bool),
-        jnp.zeros((rows,), jnp.int32),
-        jnp.zeros((rows,), jnp.int32),
+    state = _DecodeState(
+        step=jnp.int32(0),
+        cache=cache,
+        logits_bv=logits_bv,
+        tokens_bn=jnp.full((rows, n), static.pad_id, jnp.int32),
+        logprobs_bn=jnp.zeros((rows, n), jnp.float32),
+        done_b=next_pos_b < 0,  # empty rows that pad the batch are done from the start
+        stopped_b=jnp.zeros((rows,), bool),
+        lengths_b=jnp.zeros((rows,), jnp.int32),
+        stop_state_b=jnp.zeros((rows,), jnp.int32),
     )
     # Segment k's steps write cache chunk k + 1 and attend over the prompt's chunk and chunks
     # 1..k + 1 only, not over the empty rest of the cache. Each segment is its own loop in the
@@ -307,11 +332,11 @@ def _decode(
             functools.partial(body, segment=segment, start=start),
             state,
         )
-    step, cache, _, tokens_bn, logprobs_bn, _, stopped_b, lengths_b, _ = state
-    steps_b = jnp.full((rows,), step, jnp.int32)
-    out = SampleOutput(tokens_bn, logprobs_bn, lengths_b.astype(jnp.int32), stopped_b, steps_b)
+    steps_b = jnp.full((rows,), state.step, jnp.int32)
+    lengths_b = state.lengths_b.astype(jnp.int32)
+    out = SampleOutput(state.tokens_bn, state.logprobs_bn, lengths_b, state.stopped_b, steps_b)
     # The cache is returned only so its donated buffers are reused in place by the loop.
-    return out, cache
+    return out, state.cache
 
 
 # Module-level jits, so every call with the same bucket shapes hits the same compiled program.

@@ -2,7 +2,8 @@
 
 Every parameter carries `logical_axes` metadata that `zero_rl.sharding` maps onto the mesh.
 Weights are stored in `param_dtype` and cast to the compute dtype where used, so fp32 master
-weights with bf16 matmuls need no second copy of the model.
+weights with bf16 matmuls need no second copy of the model. Array names end in shape suffixes
+(`x_btd`: [batch, time, embed]), whose letters `zero_rl.models` lists.
 """
 
 from __future__ import annotations
@@ -66,23 +67,23 @@ def rope_inv_frequencies(cfg: ModelConfig) -> jax.Array:
     )
 
 
-def rope_cos_sin(positions_bt: jax.Array, inv_freq_f: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rope_cos_sin(positions_bt: jax.Array, inv_freq_a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos and sin of the rotary angles, each [batch, time, 1, head_dim // 2] float32.
 
     Computed once per forward and shared by every layer (the angles depend on positions only).
-    `inv_freq_f` is `rope_inv_frequencies(cfg)` [head_dim // 2].
+    `inv_freq_a` is `rope_inv_frequencies(cfg)` [head_dim // 2].
     """
-    angles_btf = positions_bt[..., None].astype(jnp.float32) * inv_freq_f
-    return jnp.cos(angles_btf)[:, :, None, :], jnp.sin(angles_btf)[:, :, None, :]
+    angles_bta = positions_bt[..., None].astype(jnp.float32) * inv_freq_a
+    return jnp.cos(angles_bta)[:, :, None, :], jnp.sin(angles_bta)[:, :, None, :]
 
 
 def apply_rope(x_btnh: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
     """Rotary embedding of x [batch, time, heads, head_dim] in the "rotate half" layout of HF
     checkpoints; `rope` is `rope_cos_sin(positions_bt, inv_freq)`. Returns x's shape and dtype.
     """
-    cos_bt1f, sin_bt1f = rope
+    cos_bt1a, sin_bt1a = rope
     x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos_bt1f - x2 * sin_bt1f, x2 * cos_bt1f + x1 * sin_bt1f], -1)
+    rotated = jnp.concatenate([x1 * cos_bt1a - x2 * sin_bt1a, x2 * cos_bt1a + x1 * sin_bt1a], -1)
     return rotated.astype(x_btnh.dtype)
 
 
@@ -110,9 +111,9 @@ def attention_mask(
 
 
 def attend(
-    q_bthk: jax.Array,
-    k_bsgk: jax.Array,
-    v_bsgk: jax.Array,
+    q_btnh: jax.Array,
+    k_bskh: jax.Array,
+    v_bskh: jax.Array,
     q_pos_bt: jax.Array,
     k_pos_bs: jax.Array,
     *,
@@ -121,7 +122,7 @@ def attend(
     sliding_window: int | None = None,
     query_chunk: int = 0,
 ) -> jax.Array:
-    """Masked grouped-query attention: out [batch, t, heads, head_dim].
+    """Masked grouped-query attention: out [batch, t, heads, head_dim], q's shape.
 
     Keys/values [batch, s, kv_heads, head_dim] are shared by heads/kv_heads query heads
     (`jax.nn.dot_product_attention` broadcasts them, it never repeats K/V in memory). The mask
@@ -134,7 +135,7 @@ def attend(
     recomputation of the scores in the backward pass.
     """
 
-    def one_chunk(q_bchk, q_pos_bc, q_seg_bc):
+    def one_chunk(q_bcnh, q_pos_bc, q_seg_bc):
         mask = attention_mask(
             q_pos_bc,
             k_pos_bs,
@@ -142,26 +143,26 @@ def attend(
             k_segment_bs=k_segment_bs,
             sliding_window=sliding_window,
         )
-        return jax.nn.dot_product_attention(q_bchk, k_bsgk, v_bsgk, mask=mask)
+        return jax.nn.dot_product_attention(q_bcnh, k_bskh, v_bskh, mask=mask)
 
-    b, t, h, hd = q_bthk.shape
+    b, t, n, h = q_btnh.shape
     if query_chunk <= 0 or t <= query_chunk:
-        return one_chunk(q_bthk, q_pos_bt, q_segment_bt)
+        return one_chunk(q_btnh, q_pos_bt, q_segment_bt)
     pad = (-t) % query_chunk
-    n = (t + pad) // query_chunk
+    m = (t + pad) // query_chunk
     if q_segment_bt is None:
         q_segment_bt = jnp.zeros_like(q_pos_bt)
         k_segment_bs = jnp.zeros_like(k_pos_bs)
 
-    def chunks(x):  # [batch, t, ...] -> [n, batch, chunk, ...]; padded queries are dropped
+    def chunks(x):  # [batch, t, ...] -> [m, batch, chunk, ...]; padded queries are dropped
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(b, n, query_chunk, *x.shape[2:]).swapaxes(0, 1)
+        return x.reshape(b, m, query_chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    out_nbchk = jax.lax.map(
+    out_mbcnh = jax.lax.map(
         lambda args: jax.checkpoint(one_chunk, prevent_cse=False)(*args),
-        (chunks(q_bthk), chunks(q_pos_bt), chunks(q_segment_bt)),
+        (chunks(q_btnh), chunks(q_pos_bt), chunks(q_segment_bt)),
     )
-    return out_nbchk.swapaxes(0, 1).reshape(b, n * query_chunk, h, hd)[:, :t]
+    return out_mbcnh.swapaxes(0, 1).reshape(b, m * query_chunk, n, h)[:, :t]
 
 
 def attend_decode(
@@ -173,7 +174,7 @@ def attend_decode(
 ) -> jax.Array:
     """One decode query per row over a KV cache held in chunks of slots.
 
-    q [batch, kv_heads, group, head_dim] (query head k * group + g reads kv head k), each
+    q [batch, kv_heads, group, head_dim] (query head i * group + j reads kv head i), each
     chunk's keys/values [batch, kv_heads, slots, head_dim] and a boolean [batch, slots] of the
     slots this query may read. Returns [batch, kv_heads, group, head_dim].
 
@@ -248,7 +249,8 @@ class Attention(nnx.Module):
     def _project(self, x_btd, name):
         """x [batch, time, embed] -> [batch, time, heads of `name`, head_dim]."""
         dt = self.cfg.compute_dtype
-        y = jnp.einsum("btd,dhk->bthk", x_btd, getattr(self, name + "_proj")[...].astype(dt))
+        # n: the heads of `name` (k for keys and values).
+        y = jnp.einsum("btd,dnh->btnh", x_btd, getattr(self, name + "_proj")[...].astype(dt))
         if self.cfg.qkv_bias:
             y = y + getattr(self, name + "_bias")[...].astype(dt)
         return y

@@ -2,7 +2,8 @@
 
 Layers are stacked on a leading "layers" axis and run with `jax.lax.scan`, so compile time does
 not grow with depth. The hot path is functional: split once with `nnx.split(model)`, then call
-`apply(graphdef, params, ...)` (or `nnx.merge` inside your own jitted function).
+`apply(graphdef, params, ...)` (or `nnx.merge` inside your own jitted function). Array names
+end in shape suffixes (`logits_btv`: [batch, time, vocab]), whose letters `zero_rl.models` lists.
 """
 
 from __future__ import annotations
@@ -435,9 +436,9 @@ def logprobs_from_hidden(
     pad = (-t) % chunk
     hidden = jnp.pad(hidden_btd, ((0, 0), (0, pad), (0, 0)))
     targets = jnp.pad(targets_bt, ((0, 0), (0, pad)))
-    n = (t + pad) // chunk
-    hidden_nbcd = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
-    targets_nbc = targets.reshape(b, n, chunk).swapaxes(0, 1)
+    m = (t + pad) // chunk
+    hidden_mbcd = hidden.reshape(b, m, chunk, d).swapaxes(0, 1)
+    targets_mbc = targets.reshape(b, m, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
     def one_chunk(args):
@@ -454,9 +455,9 @@ def logprobs_from_hidden(
         entropy = logz - jnp.sum(probs * logits, axis=-1)
         return logp, entropy
 
-    logp_nbc, ent_nbc = jax.lax.map(one_chunk, (hidden_nbcd, targets_nbc))
-    logp_bt = logp_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t]
-    ent_bt = ent_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t] if with_entropy else None
+    logp_mbc, ent_mbc = jax.lax.map(one_chunk, (hidden_mbcd, targets_mbc))
+    logp_bt = logp_mbc.swapaxes(0, 1).reshape(b, -1)[:, :t]
+    ent_bt = ent_mbc.swapaxes(0, 1).reshape(b, -1)[:, :t] if with_entropy else None
     return logp_bt, ent_bt
 
 

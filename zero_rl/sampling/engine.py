@@ -19,6 +19,9 @@ bench/rollout.py for the engine against the static sampler).
 
 Randomness is keyed by (output row, token index), not by slot: a row's sample does not depend
 on how many slots there are or which slot it ran in.
+
+Array names end in shape suffixes (`logits_sv`: [slots, vocab]); `zero_rl.models` lists the
+letters, and their meanings in the sampling code (s: the pool's slots, r: output rows, ...).
 """
 
 from __future__ import annotations
@@ -100,14 +103,15 @@ def _compact(st: _LoopState, keep: int, shards: int, unroll_layers: bool) -> _Lo
     keeps its live slots first, so rows never move between devices (a gather across the
     sharded slot axis made XLA replicate the whole cache on every device)."""
     local = st.row_s.shape[0] // shards
-    order_dl = jnp.argsort((st.row_s < 0).reshape(shards, local), axis=1, stable=True)
-    order_dl = order_dl[:, : keep // shards]
+    # [shards, keep // shards]: the local indices of each shard's kept slots, live ones first.
+    order = jnp.argsort((st.row_s < 0).reshape(shards, local), axis=1, stable=True)
+    order = order[:, : keep // shards]
 
     def take(x, axis=0):  # the kept slots of x's slot axis, shard by shard
         parts = x.reshape(*x.shape[:axis], shards, local, *x.shape[axis + 1 :])
         pick = jax.vmap(lambda p, i: jnp.take(p, i, axis=axis), in_axes=(axis, 0),
                         out_axes=axis)  # fmt: skip
-        return pick(parts, order_dl).reshape(*x.shape[:axis], keep, *x.shape[axis + 1 :])
+        return pick(parts, order).reshape(*x.shape[:axis], keep, *x.shape[axis + 1 :])
 
     axes = DecodeCache.LAYER_AXES if unroll_layers else DecodeCache.LOGICAL_AXES
 
@@ -339,8 +343,8 @@ def _run(
     phases = drain_phases(slots, static.drain_phases, shards)
 
     def keep_going(st, pool):  # until every shard has at most half its slots live
-        live_d = jnp.sum((st.row_s >= 0).reshape(shards, -1), axis=1)
-        shrink = (st.next_prompt >= num_prompts) & (jnp.max(live_d) <= pool // shards // 2)
+        live_per_shard = jnp.sum((st.row_s >= 0).reshape(shards, -1), axis=1)
+        shrink = (st.next_prompt >= num_prompts) & (jnp.max(live_per_shard) <= pool // shards // 2)
         return running(st) & ~shrink
 
     pool = slots
