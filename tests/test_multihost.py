@@ -1,5 +1,6 @@
-"""Multi-host runs. When `jax.distributed` is initialised (SLURM, Cloud TPU VMs and GKE pods
-simulated through the environment and a fake metadata server), and two JAX processes on
+"""Multi-host runs. When `jax.distributed` is initialised (SLURM through the environment; Cloud
+TPU slices through fakes of JAX's cluster detectors, and GCE TPU VMs and GKE pods through the
+environment and a fake metadata server), and two JAX processes on
 localhost (2 CPU devices each, gloo collectives) running the tiny config through
 launch/train.py, which must agree with one process of 4 devices: same final metrics, same
 checkpointed params. Only process 0 logs; both write the checkpoint together.
@@ -15,7 +16,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax._src.clusters import cloud_tpu_cluster
 
 from zero_rl import sharding
 
@@ -62,15 +62,26 @@ def initialize_calls(monkeypatch) -> list[dict]:
     return calls
 
 
-def _tpu_vm(monkeypatch, endpoints: str, tpu_env: str = "") -> None:
-    """This process on a Cloud TPU VM whose metadata server lists `endpoints`."""
-    metadata = {"agent-worker-number": "0", "worker-network-endpoints": endpoints,
-                "tpu-env": tpu_env}  # fmt: skip
-    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-    monkeypatch.setattr(
-        cloud_tpu_cluster, "get_metadata", lambda key: (metadata[key], 200) if key in metadata
-        else ("", 404)
-    )  # fmt: skip
+class _FakeTpuCluster:
+    """Stands in for one of JAX's TPU cluster detectors that `sharding._tpu_clusters` returns:
+    a cluster of `processes` hosts, or None for an environment that is not one."""
+
+    def __init__(self, processes: int | None):
+        self.processes = processes
+
+    def is_env_present(self) -> bool:
+        return self.processes is not None
+
+    def get_process_count(self) -> int:
+        assert self.processes is not None, "asked for the size of a cluster that is not there"
+        return self.processes
+
+
+def _tpu_slice(monkeypatch, gke: int | None = None, gce: int | None = None) -> None:
+    """This process in a Cloud TPU slice as JAX's detectors would report it: `gke` hosts seen
+    as a GKE pod, `gce` as a GCE TPU VM (None: not seen as one)."""
+    fakes = (_FakeTpuCluster(gke), _FakeTpuCluster(gce))
+    monkeypatch.setattr(sharding, "_tpu_clusters", lambda: fakes)
 
 
 def test_auto_initialises_on_several_slurm_tasks_only(initialize_calls, monkeypatch):
@@ -81,6 +92,57 @@ def test_auto_initialises_on_several_slurm_tasks_only(initialize_calls, monkeypa
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert sharding.initialize_distributed("auto")
     assert initialize_calls == [UNSET]  # JAX reads the coordinator and ranks from SLURM
+
+
+@pytest.mark.parametrize(
+    "gke,gce,processes",
+    [
+        (None, None, 1),  # no TPU slice at all
+        (None, 1, 1),  # a one-host TPU VM (v5p-8)
+        (None, 4, 4),  # a TPU VM of a four-host slice (v5p-32)
+        (2, 1, 2),  # a GKE pod of two hosts: its node VM alone looks like a one-host slice
+    ],
+)
+def test_auto_initialises_on_tpu_slices_of_several_hosts(
+    initialize_calls, monkeypatch, gke, gce, processes
+):
+    _tpu_slice(monkeypatch, gke=gke, gce=gce)
+    assert sharding.environment_process_count() == processes
+    assert sharding.initialize_distributed("auto") == (processes > 1)
+    assert initialize_calls == ([UNSET] if processes > 1 else [])
+
+
+def test_slurm_decides_before_the_tpu_detectors(initialize_calls, monkeypatch):
+    _tpu_slice(monkeypatch, gce=4)
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert sharding.environment_process_count() == 1
+    assert not sharding.initialize_distributed("auto") and initialize_calls == []
+
+
+def _cloud_tpu_cluster():
+    """JAX's private Cloud TPU detection module, which `sharding._tpu_clusters` returns the
+    detectors of; the tests of what they read from a TPU VM skip when JAX has moved it."""
+    try:
+        from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+    except ImportError as err:
+        pytest.skip(f"JAX's private jax._src.clusters.cloud_tpu_cluster is gone ({err})")
+    for name in ("running_in_cloud_tpu_vm", "get_metadata", "GceTpuCluster", "GkeTpuCluster"):
+        if not hasattr(cloud_tpu_cluster, name):
+            pytest.skip(f"jax._src.clusters.cloud_tpu_cluster has no {name} to fake a TPU VM with")
+    return cloud_tpu_cluster
+
+
+def _tpu_vm(monkeypatch, endpoints: str, tpu_env: str = "") -> None:
+    """This process on a Cloud TPU VM whose metadata server lists `endpoints`."""
+    cloud_tpu_cluster = _cloud_tpu_cluster()
+    metadata = {"agent-worker-number": "0", "worker-network-endpoints": endpoints,
+                "tpu-env": tpu_env}  # fmt: skip
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(
+        cloud_tpu_cluster, "get_metadata", lambda key: (metadata[key], 200) if key in metadata
+        else ("", 404)
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -95,7 +157,8 @@ def test_auto_initialises_on_several_slurm_tasks_only(initialize_calls, monkeypa
 def test_auto_initialises_on_tpu_vms_of_several_hosts(
     initialize_calls, monkeypatch, endpoints, tpu_env, processes
 ):
-    """gcloud TPU VMs set no host list in the environment; the metadata server has it."""
+    """gcloud TPU VMs set no host list in the environment; JAX's detection reads the metadata
+    server, and the count is the one `jax.distributed.initialize()` would act on."""
     _tpu_vm(monkeypatch, endpoints, tpu_env)
     assert sharding.environment_process_count() == processes
     assert sharding.initialize_distributed("auto") == (processes > 1)

@@ -1,5 +1,6 @@
 """Checkpointer: keep last N plus best, fall back past an unreadable latest checkpoint (moved
-aside, never deleted), URLs kept verbatim, decisions shared by all processes."""
+aside, never deleted), URLs kept verbatim, decisions shared by all processes, the phases of a
+save that the fault-injection hook sees."""
 
 import logging
 import os
@@ -14,8 +15,14 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from zero_rl.train import checkpoint
-from zero_rl.train.checkpoint import Checkpointer, abstract_like, any_process, checkpoint_path
+from zero_rl import checkpoint
+from zero_rl.checkpoint import (
+    PHASES,
+    Checkpointer,
+    abstract_like,
+    any_process,
+    checkpoint_path,
+)
 
 
 def _state(value):
@@ -31,6 +38,54 @@ def test_save_restore_roundtrip_and_meta(tmp_path):
     np.testing.assert_array_equal(state["w"], np.full((4, 3), 1.0))
     assert ckpt.save(1, _state(1), {"step": 1}) is False  # never overwrites a saved step
     ckpt.close()
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_on_phase_sees_each_save_written_committed_and_completed(tmp_path, async_save):
+    seen = []
+
+    def record(phase, step):  # what is on disk at each point
+        names = os.listdir(tmp_path)
+        seen.append((phase, step, str(step) in names, any(n.startswith(f"{step}.") for n in names),
+                     "1" in names))  # fmt: skip
+
+    ckpt = Checkpointer(str(tmp_path), keep=1, async_save=async_save, on_phase=record)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"step": step})
+    ckpt.wait()
+    assert [s[:2] for s in seen] == [(phase, step) for step in (1, 2) for phase in PHASES]
+    for phase, step, done, temporary, step_1 in seen:
+        # Written and committed in the temporary directory; complete once it is renamed.
+        assert (done, temporary) == ((True, False) if phase == "complete" else (False, True))
+        # keep=1 drops step 1 only after step 2 is complete.
+        assert step_1 == (step == 2 or phase == "complete")
+    assert ckpt.all_steps() == [2] and not os.path.isdir(tmp_path / "1")
+    state, meta = ckpt.restore(2, abstract_like(_state(0)))
+    np.testing.assert_array_equal(state["w"], np.full((4, 3), 2.0))
+    assert meta == {"step": 2}
+    ckpt.close()
+    plain = Checkpointer(str(tmp_path), keep=1)  # no hook: reads what the hooked one wrote
+    assert plain.restore_latest(abstract_like(_state(0)))[0] == 2
+    plain.close()
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+@pytest.mark.parametrize("phase", ["write", "commit"])
+def test_an_error_before_the_commit_fails_the_save_and_lists_no_step(tmp_path, phase, async_save):
+    def failing_disk(point, step):
+        if (point, step) == (phase, 2):
+            raise OSError(f"disk gone during {point}")
+
+    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=async_save, on_phase=failing_disk)
+    ckpt.save(1, _state(1), {"step": 1})
+    ckpt.wait()
+    with pytest.raises(OSError, match=f"disk gone during {phase}"):
+        ckpt.save(2, _state(2), {"step": 2})
+        ckpt.wait()
+    assert not os.path.exists(tmp_path / "2")
+    reopened = Checkpointer(str(tmp_path), keep=3)
+    assert reopened.all_steps() == [1]
+    reopened.close()
 
 
 def test_keeps_last_n_plus_best_by_eval(tmp_path):
@@ -154,7 +209,7 @@ _TWO_PROCESSES = textwrap.dedent("""
     import jax
     port, pid = sys.argv[1], int(sys.argv[2])
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
-    from zero_rl.train.checkpoint import any_process
+    from zero_rl.checkpoint import any_process
     print("agreed", [any_process(pid == 1), any_process(False), any_process(True)], flush=True)
 """)
 

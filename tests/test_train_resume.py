@@ -15,11 +15,10 @@ import threading
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from orbax.checkpoint._src.path import atomicity
 
+from zero_rl.checkpoint import Checkpointer, abstract_like
+from zero_rl.config import load_config
 from zero_rl.train import loop
-from zero_rl.train.checkpoint import Checkpointer, abstract_like
-from zero_rl.train.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -39,48 +38,44 @@ def _state(value, size=1 << 18):
 
 
 # A child process saves steps 1 and 2, starts the asynchronous save of step 3 and SIGKILLs
-# itself from orbax's background thread at `point`: while the items are written, or with all
-# written but before the rename that marks the step complete.
+# itself from the save's background thread at `phase` (Checkpointer's fault-injection hook):
+# while the items are written, or with all written but before the step is marked complete.
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
-    from orbax.checkpoint._src.handlers import json_checkpoint_handler
-    from orbax.checkpoint._src.path import atomicity
-    from zero_rl.train.checkpoint import Checkpointer
+    from zero_rl.checkpoint import Checkpointer
 
-    directory, point = sys.argv[1], sys.argv[2]
+    directory, phase = sys.argv[1], sys.argv[2]
 
     def state(value):
         return {"w": jnp.full((1 << 18,), float(value)),
                 "b": jnp.arange(3, dtype=jnp.int32) + value}
 
-    async def die(*args, **kwargs):  # run by orbax's background thread, as the originals
-        print("killed during", point, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    def die(point, step):
+        if (point, step) == (phase, 3):
+            print("killed during", point, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    ckpt = Checkpointer(directory, keep=2, async_save=True)
+    ckpt = Checkpointer(directory, keep=2, async_save=True, on_phase=die)
     for step in (1, 2):
         ckpt.save(step, state(step), {"step": step})
         ckpt.wait()
-    if point == "write":
-        json_checkpoint_handler.JsonCheckpointHandler._save_fn = die
-    else:
-        atomicity.AtomicRenameTemporaryPath.finalize = die
     ckpt.save(3, state(3), {"step": 3})
     ckpt.wait()
     print("save finished: the kill did not happen", flush=True)
 """)
 
 
-@pytest.mark.parametrize("point", ["write", "rename"])
-def test_sigkill_during_an_async_save_keeps_the_older_steps(tmp_path, point):
+@pytest.mark.parametrize("phase", ["write", "commit"])
+def test_sigkill_during_an_async_save_keeps_the_older_steps(tmp_path, phase):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), point],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), phase],
                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
-    assert f"killed during {point}" in proc.stdout
+    assert f"killed during {phase}" in proc.stdout
     # Step 3 was under way (its temporary directory), never listed as a checkpoint.
     assert [n for n in os.listdir(tmp_path) if n.startswith("3.")], os.listdir(tmp_path)
+    assert not os.path.exists(tmp_path / "3")
     ckpt = Checkpointer(str(tmp_path), keep=2, async_save=True)
     # Step 1 falls outside keep=2 once step 3 is complete; step 3 never was, so it stays.
     assert ckpt.all_steps() == [1, 2]
@@ -97,34 +92,31 @@ def test_sigkill_during_an_async_save_keeps_the_older_steps(tmp_path, point):
     ckpt.close()
 
 
-def test_old_steps_are_deleted_only_after_the_newer_save_is_complete(tmp_path, monkeypatch):
-    ckpt = Checkpointer(str(tmp_path), keep=1, async_save=True)
+def test_old_steps_are_deleted_only_after_the_newer_save_is_complete(tmp_path):
+    release, committing = threading.Event(), threading.Event()
+    on_disk = {}  # phase -> (step 1's directory exists, step 2's directory exists)
+
+    def slow_disk(phase, step):  # the commit of step 2 waits for the test
+        if step != 2:
+            return
+        on_disk[phase] = (os.path.isdir(tmp_path / "1"), os.path.isdir(tmp_path / "2"))
+        if phase == "commit":
+            committing.set()
+            assert release.wait(timeout=120)
+
+    ckpt = Checkpointer(str(tmp_path), keep=1, async_save=True, on_phase=slow_disk)
     ckpt.save(1, _state(1), {"step": 1})
     ckpt.wait()
-    release, renaming = threading.Event(), threading.Event()
-    original = atomicity.AtomicRenameTemporaryPath.finalize
-
-    async def slow_finalize(self):  # a slow disk: the rename waits for the test
-        renaming.set()
-        assert release.wait(timeout=120)
-        await original(self)
-
-    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", slow_finalize)
-    deleter = ckpt._manager._checkpoint_deleter
-    complete_at_delete = []
-    delete_steps = deleter.delete_steps
-
-    def recording_delete(steps):
-        complete_at_delete.append((list(steps), os.path.isdir(tmp_path / "2")))
-        return delete_steps(steps)
-
-    monkeypatch.setattr(deleter, "delete_steps", recording_delete)
     ckpt.save(2, _state(2), {"step": 2})  # returns while the write goes on in the background
-    assert renaming.wait(timeout=120)
-    assert os.path.isdir(tmp_path / "1") and not os.path.isdir(tmp_path / "2")
-    release.set()
+    try:
+        assert committing.wait(timeout=120)
+        # Held just before step 2 is marked complete: step 1 is all there is on disk.
+        assert os.path.isdir(tmp_path / "1") and not os.path.isdir(tmp_path / "2")
+    finally:
+        release.set()  # a failed check must not leave the save held
     ckpt.wait()
-    assert complete_at_delete == [([1], True)]
+    # Step 2 was complete while step 1 still existed; step 1 went only after that.
+    assert on_disk == {"write": (True, False), "commit": (True, False), "complete": (True, True)}
     assert not os.path.isdir(tmp_path / "1") and ckpt.all_steps() == [2]
     ckpt.close()
 

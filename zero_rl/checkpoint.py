@@ -5,7 +5,8 @@ short by a crash never looks like a checkpoint; a checkpoint that is complete bu
 (disk corruption) makes `restore_latest` fall back to the previous one with a warning and move
 the unreadable one to `<directory>/corrupt/`, out of the way of later saves of that step and
 of keep-last-N, but never deleted. Old steps are deleted only after a newer save has finished.
-A `gs://` directory goes to orbax as it is; a local one is made absolute.
+A `gs://` directory goes to orbax as it is; a local one is made absolute. `Checkpointer`'s
+`on_phase` hook lets tests and fault-injection drills act inside a save (see its docstring).
 """
 
 from __future__ import annotations
@@ -53,16 +54,106 @@ def any_process(flag: bool, allgather: Callable[[np.ndarray], np.ndarray] | None
     return bool(np.any(gather(np.asarray(flag, np.int32))))
 
 
+# The points of a save at which `Checkpointer(on_phase=...)` is called, in their order.
+PHASES = ("write", "commit", "complete")
+
+
+class _WritePhaseJsonHandler(ocp.handlers.JsonCheckpointHandler):
+    """orbax's JSON handler (the "meta" item), whose save adds one background commit future
+    that calls `on_phase("write", step)`. orbax marks a step complete only once every commit
+    future of its items is done, and this one, like the JSON write itself, first waits for the
+    step's temporary directories, so the call falls inside the write window."""
+
+    def __init__(self, on_phase: Callable[[str, int], None], saving_step: Callable[[], int]):
+        super().__init__()
+        self._on_phase = on_phase
+        self._saving_step = saving_step
+
+    async def async_save(self, directory, item=None, args=None):
+        futures = await super().async_save(directory, item=item, args=args)
+        step = self._saving_step()  # read now: async_save runs inside Checkpointer.save
+
+        async def write_phase():
+            self._on_phase("write", step)
+
+        hook = ocp.future.CommitFutureAwaitingContractedSignals(
+            write_phase(), name="checkpointer_on_phase_write"
+        )
+        return [*(futures or []), hook]
+
+
+def _phase_path_class(directory: str, on_phase: Callable[[str, int], None]) -> type:
+    """orbax's default temporary-path class for `directory` (an atomic rename on a local disk,
+    a commit file on a bucket), with `on_phase("commit" / "complete", step)` around the
+    finalize that marks a step complete."""
+    base = ocp.path.atomicity_defaults.get_default_temporary_path_class(epath.Path(directory))
+    root = str(epath.Path(directory))
+
+    class PhasePath(base):
+        async def finalize(self, *args, **kwargs):
+            # orbax finalizes each item's directory inside the step's temporary one the same
+            # way; only the step directory itself (a child of the root) marks a step complete.
+            final = self.get_final()
+            step = int(final.name) if str(final.parent) == root else None
+            if step is not None:
+                on_phase("commit", step)
+            await super().finalize(*args, **kwargs)
+            if step is not None:
+                on_phase("complete", step)
+
+    return PhasePath
+
+
 class Checkpointer:
-    """Saves and restores `{"state": pytree of arrays, "meta": JSON dict}` per step."""
+    """Saves and restores `{"state": pytree of arrays, "meta": JSON dict}` per step.
+
+    `on_phase` is for tests and fault-injection drills; normal runs leave it None, and the
+    Checkpointer then configures orbax exactly as without it. Given, it is called as
+    `on_phase(phase, step)` at these points of every save of `step`:
+
+    * "write": on every process, in a background thread of the save, while the step's items
+      are being written (its temporary directory exists; the step cannot be complete yet);
+    * "commit": on the primary process, all items written, just before the step is marked
+      complete (the rename of its temporary directory, or the commit file on a bucket);
+    * "complete": on the primary process, just after that, before the older steps that the
+      retention policy drops are deleted.
+
+    It runs in orbax's save threads (for an async save, after `save` has returned), so it can
+    block to hold the save at that point, or kill the process to test crash recovery; an
+    exception it raises fails the save as an I/O error there would (raised by `save` or
+    `wait`).
+
+    `read_only=True` opens an existing directory for reading (evaluation, notebooks): nothing
+    is created, saved, moved or deleted, and `restore_subtree` reads part of the state (the
+    params without the optimizer moments).
+    """
 
     def __init__(
-        self, directory: str, *, keep: int = 3, keep_best: bool = True, async_save: bool = True
+        self,
+        directory: str,
+        *,
+        keep: int = 3,
+        keep_best: bool = True,
+        async_save: bool = True,
+        on_phase: Callable[[str, int], None] | None = None,
+        read_only: bool = False,
     ):
         self.directory = checkpoint_path(directory)
+        self.read_only = read_only
         is_local = not _URL.match(self.directory)  # a bucket is orbax's to create and check
         if is_local and os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise NotADirectoryError(f"checkpoint directory {self.directory} exists and is a file")
+        if read_only:
+            if is_local and not os.path.isdir(self.directory):
+                raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
+            # The PyTree handler reads what StandardSave wrote and restores a part of it.
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()},
+                options=ocp.CheckpointManagerOptions(read_only=True),
+            )  # fmt: skip
+            return
         policies: list[pp.PreservationPolicy] = [pp.LatestN(n=keep)]
         if keep_best:
             policies.append(
@@ -73,14 +164,31 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
+        # orbax's own choice unless the "commit" and "complete" phases need hooking.
+        path_class = None if on_phase is None else _phase_path_class(self.directory, on_phase)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
             create=True,
+            temporary_path_class=path_class,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
-        )
+        self._saving_step = -1  # the step of the save under way, for the "write" phase
+        if on_phase is None:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "meta")
+            )
+        else:
+            # The handlers orbax would pick for these args, "meta"'s with the "write" hook.
+            registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+            state = ocp.handlers.StandardCheckpointHandler()
+            meta = _WritePhaseJsonHandler(on_phase, lambda: self._saving_step)
+            registry.add("state", ocp.args.StandardSave, state)
+            registry.add("state", ocp.args.StandardRestore, state)
+            registry.add("meta", ocp.args.JsonSave, meta)
+            registry.add("meta", ocp.args.JsonRestore, meta)
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, handler_registry=registry
+            )
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -93,8 +201,11 @@ class Checkpointer:
         self, step: int, state: Any, meta: dict, *, metrics: dict | None = None, force: bool = False
     ) -> bool:
         """Starts an (async) save; returns False if this step is already saved."""
+        if self.read_only:
+            raise ValueError(f"checkpoint directory {self.directory} was opened read-only")
         if step in self._manager.all_steps():
             return False
+        self._saving_step = step
         return self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -112,6 +223,34 @@ class Checkpointer:
             ),
         )
         return restored["state"], dict(restored["meta"])
+
+    def restore_meta(self, step: int) -> dict:
+        """The metadata saved with `step`."""
+        return dict(
+            self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                "meta"
+            ]
+        )
+
+    def state_structure(self, step: int) -> Any:
+        """The saved state's tree of array metadata (shapes, dtypes) at `step`, nothing read."""
+        metadata = self._manager.item_metadata(step)["state"]
+        return metadata.tree if hasattr(metadata, "tree") else metadata
+
+    def restore_subtree(self, step: int, abstract_subtree: Any) -> Any:
+        """The part of the saved state that `abstract_subtree` (ShapeDtypeStructs with
+        shardings, e.g. `{"params": ...}`) names, restored onto its shardings; the rest of the
+        state (the optimizer moments) is not read."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract_subtree, restore_args=restore_args, partial_restore=True
+                )
+            ),
+        )
+        return restored["state"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
         """The newest readable checkpoint as (step, state, meta), or None if there is none.
@@ -146,7 +285,7 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         """Moves the given step directories to `corrupt/`: left in place, a retrained step could
         not be saved again (orbax refuses an existing step) and would count toward keep-last-N."""
-        if not steps:
+        if not steps or self.read_only:
             return
         if jax.process_index() == 0:
             root = epath.Path(self.directory)
@@ -167,8 +306,15 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        if not self.read_only:
+            self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def abstract_like(tree: Any) -> Any:

@@ -245,6 +245,19 @@ def gather_to_host(tree):
 # and SLURM; these helpers decide whether a job has several processes in the first place.
 
 
+def _tpu_clusters() -> tuple:
+    """JAX's detectors of a Cloud TPU slice, in the order they are consulted: GKE pods first
+    (their node VMs look like one-host TPU VMs), then GCE TPU VMs. Each has
+    `is_env_present()` and `get_process_count()`; tests replace this function with fakes.
+
+    Private API, used so that the answer is the one `initialize()` acts on: GCE TPU VMs
+    describe their slice only through the metadata server, GKE pods in TPU_WORKER_HOSTNAMES.
+    """
+    from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+
+    return (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster)
+
+
 def environment_process_count() -> int:
     """How many processes the environment says this job has: SLURM's task count, or the
     workers of a Cloud TPU slice (all slices of a multislice job) as JAX's own cluster
@@ -252,11 +265,7 @@ def environment_process_count() -> int:
     if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ:
         # Not SLURM_JOB_NUM_NODES: it is set, to 1, in single-node jobs too.
         return int(os.environ["SLURM_NTASKS"])
-    # Private API, used so that the answer is the one `initialize()` acts on: GCE TPU VMs
-    # describe their slice only through the metadata server, GKE pods in TPU_WORKER_HOSTNAMES.
-    from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
-
-    for cluster in (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster):
+    for cluster in _tpu_clusters():
         if cluster.is_env_present():
             return cluster.get_process_count()
     return 1
