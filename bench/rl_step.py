@@ -35,28 +35,18 @@ from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.verifier import GOLDS, synthetic_mix  # noqa: E402
+from zero_rl import config as config_lib  # noqa: E402
 from zero_rl import sharding  # noqa: E402
-from zero_rl.data import PromptIterator, default_template  # noqa: E402
+from zero_rl.data import PromptIterator, encode_batch  # noqa: E402
+from zero_rl.describe import describe_run  # noqa: E402
 from zero_rl.models import abstract_params, create_model  # noqa: E402
+from zero_rl.optim import make_optimizer, sharded_init  # noqa: E402
 from zero_rl.rewards import VerifierPool, score  # noqa: E402
-from zero_rl.sampling import (  # noqa: E402
-    finish_responses,
-    generate_padded,
-    template_stops,
-)
-from zero_rl.tokenizer import load_tokenizer  # noqa: E402
-from zero_rl.train import config as config_lib  # noqa: E402
-from zero_rl.train.config import tokenizer_path  # noqa: E402
+from zero_rl.sampling import finish_responses, generate_padded  # noqa: E402
+from zero_rl.train.batch import Rollout, assemble_sequences, rollout_logprobs  # noqa: E402
 from zero_rl.train.metrics import CompileCounter  # noqa: E402
-from zero_rl.train.optim import make_optimizer, sharded_init  # noqa: E402
-from zero_rl.train.rl_step import (  # noqa: E402
-    Rollout,
-    assemble_sequences,
-    rollout_logprobs,
-    update,
-)
-from zero_rl.train.rollout import encode_batch  # noqa: E402
 from zero_rl.train.run import load_examples, update_options  # noqa: E402
+from zero_rl.train.update import update  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("sample_s", "verify_s", "logprobs_s", "update_s", "step_s", "device_idle_s")
@@ -95,18 +85,15 @@ class Step:
         self.batch_sharding = jax.sharding.NamedSharding(
             self.mesh, sharding.logical_to_spec(("batch", "length"))
         )
-        self.tokenizer = load_tokenizer(tokenizer_path(config))
-        self.model_cfg = config_lib.model_config(config, self.tokenizer.vocab_size)
+        description = describe_run(config)  # the template, stops and model training uses
+        self.tokenizer, self.model_cfg = description.tokenizer, description.model
         if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
             raise SystemExit(
                 f"error: the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
                 f"{self.model_cfg.vocab_size}; give the model's own with --set=tokenizer.path=DIR"
             )
-        self.template = config.data.template or default_template(config.model.preset or "tiny")
-        stop_ids, stop_strings = template_stops(self.tokenizer, self.template)
-        self.sampling = config_lib.sampling_options(
-            config, stop_token_ids=stop_ids, stop_strings=stop_strings
-        )
+        self.template = description.template
+        self.sampling = description.sampling_options(config)
         train_examples, _ = load_examples(config)
         self.prompts = PromptIterator(train_examples, config.rl.num_prompts, seed=config.seed)
         rules = sharding.DEFAULT_RULES

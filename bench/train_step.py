@@ -1,5 +1,5 @@
 """Train-step throughput: tokens/s and model FLOP utilisation (MFU) of the jitted policy update
-`zero_rl.train.rl_step.update` on a synthetic rollout, and on CPU a torch reference step of the
+`zero_rl.train.update.update` on a synthetic rollout, and on CPU a torch reference step of the
 same model (HF transformers, AdamW, same batch, lengths and clipped token-level loss).
 
     python bench/train_step.py                                # CPU: ~20M-parameter model
@@ -27,17 +27,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
+from zero_rl.config import base_config  # noqa: E402
 from zero_rl.models import ModelConfig, create_model, to_hf  # noqa: E402
+from zero_rl.optim import make_optimizer  # noqa: E402
 from zero_rl.rl import LossConfig  # noqa: E402
-from zero_rl.train.config import base_config  # noqa: E402
-from zero_rl.train.optim import make_optimizer  # noqa: E402
-from zero_rl.train.rl_step import (  # noqa: E402
-    Rollout,
-    UpdateOptions,
-    rollout_advantages,
-    rollout_logprobs,
-    update,
-)
+from zero_rl.train.batch import Rollout, rollout_logprobs  # noqa: E402
+from zero_rl.train.update import UpdateOptions, rollout_advantages, update  # noqa: E402
 
 LR = 1e-6
 CLIP = 0.2
@@ -203,7 +198,7 @@ def main() -> None:
             ("first-step grad norm", results["first_grad_norm"], "zero_rl"),
             ("first-step grad norm", results["torch_first_grad_norm"], "torch (must agree)"),
         ]
-    common.print_table(f"zero_rl.train.rl_step.update, {cfg.dtype}, median of {args.repeats}",
+    common.print_table(f"zero_rl.train.update.update, {cfg.dtype}, median of {args.repeats}",
                        rows_table)  # fmt: skip
     common.write_json(args.out, results, args)
 

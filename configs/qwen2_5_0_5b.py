@@ -1,4 +1,4 @@
-"""SimpleRL-Zoo zero RL on qwen2.5-0.5b (see zero_rl.train.config.simplerl_zoo_config).
+"""SimpleRL-Zoo zero RL on qwen2.5-0.5b (see zero_rl.config.simplerl_zoo_config).
 
     python launch/train.py --config=configs/qwen2_5_0_5b.py --workdir=$WORKDIR \
         --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
@@ -7,7 +7,7 @@
 --config.mesh.tensor, and check the layout with `python launch/plan.py --config=... --slice=...`.
 """
 
-from zero_rl.train.config import simplerl_zoo_config
+from zero_rl.config import simplerl_zoo_config
 
 
 def get_config():

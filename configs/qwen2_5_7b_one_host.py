@@ -12,7 +12,7 @@ Policy, reference and Adam state are fully sharded over the host's devices.
         --config.model.hf_path=$HF_MODEL_DIR --config.data.train=$MATH_TRAIN_JSONL
 """
 
-from zero_rl.train.config import simplerl_zoo_config
+from zero_rl.config import simplerl_zoo_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ half to near all.
     python launch/train.py --workdir=/tmp/zero-rl-tiny        # this config is the default
 """
 
-from zero_rl.train.config import base_config
+from zero_rl.config import base_config
 
 
 def get_config():

@@ -2,7 +2,8 @@
 
     python launch/eval.py --checkpoint=WORKDIR --out_dir=/tmp/eval   # six benchmarks, greedy
     python launch/eval.py --config=configs/qwen2_5_math_7b.py --hf_model=DIR \
-        --benchmarks=aime24 --num_samples=32 --temperature=1.0 --out_dir=...   # avg@32, pass@k
+        --benchmarks=aime24 --config.eval.num_samples=32 --config.eval.temperature=1.0 \
+        --out_dir=...                                                           # avg@32, pass@k
     python launch/eval.py --grade_only --input=vllm_outputs.jsonl --out_dir=... \
         [--benchmark=aime24]     # the benchmark of lines without one (default: the file name)
 
@@ -11,12 +12,17 @@ OUT_DIR/summary.json and TensorBoard scalars in OUT_DIR/tb. Rerunning with the s
 resumes; OUT_DIR is for one policy (another policy's generations there are refused).
 
 The config: a trainer workdir given as --checkpoint holds the run's config.json, and that is
-the config used (so a model or tokenizer set on the training command line is not lost);
-`--config.x=y` overrides its keys (mesh, model dtype, reward rules, ...). An explicit
---config=FILE is used instead only when it agrees with the saved config on the keys that pick
-the parameters and tokenizer (model.preset/dims/hf_path, tokenizer.path, rl.estimator/critic);
-otherwise it is an error. Without a saved config (an HF model, checkpoints copied on their
-own), --config (default configs/tiny.py) is the config.
+the config used (so a model or tokenizer set on the training command line is not lost), with
+the template, stops and model training used (its run.json); `--config.x=y` overrides its keys.
+An explicit --config=FILE is used instead only when it agrees with the saved config on the keys
+that pick the parameters and tokenizer (model.preset/dims/hf_path, tokenizer.path,
+rl.estimator/critic); otherwise it is an error. Without a saved config (an HF model,
+checkpoints copied on their own), --config (default configs/tiny.py) is the config.
+
+Sampling is the config's evaluation sampling, as in training's own evaluation:
+`--config.eval.num_samples`, `--config.eval.temperature` (0 = greedy), `--config.eval.top_p`,
+`--config.sampling.top_k`, `--config.sampling.eval_max_new_tokens` (0 = max_new_tokens),
+`--config.sampling.max_prompt_len`, `--config.data.template`.
 """
 
 import importlib
@@ -28,7 +34,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from zero_rl import sharding
-from zero_rl.data import FieldMapping, default_template, get_template
+from zero_rl.config import check_command_line, reward_config, sampling_options
+from zero_rl.data import FieldMapping
 from zero_rl.eval import (
     SIMPLERL_ZOO_BENCHMARKS,
     OutputDirError,
@@ -38,22 +45,28 @@ from zero_rl.eval import (
 )
 from zero_rl.eval.grade import grade_outputs, read_outputs
 from zero_rl.eval.harness import check_prompt_lengths, check_sampling
-from zero_rl.eval.policy import (
-    load_policy,
-    load_run_config,
-    policy_config_conflicts,
-    saved_run_directory,
-    set_key,
-    tokenizer_path,
-)
+from zero_rl.eval.policy import describe_policy, load_policy, run_config
 from zero_rl.eval.sets import SYNTHETIC
+from zero_rl.summaries import SummaryWriter
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train.config import reward_config, sampling_options
-from zero_rl.train.metrics import SummaryWriter
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "tiny.py")
+# Sampling flags of earlier versions, now the config keys every sampling caller reads.
+MOVED_FLAGS = {
+    "num_samples": "eval.num_samples", "temperature": "eval.temperature",
+    "top_p": "eval.top_p", "top_k": "sampling.top_k",
+    "max_new_tokens": "sampling.eval_max_new_tokens",
+    "max_prompt_len": "sampling.max_prompt_len", "template": "data.template",
+}  # fmt: skip
+if __name__ == "__main__":
+    try:  # before config_flags applies the overrides: name a mistyped key with the valid ones
+        check_command_line(sys.argv[1:], _DEFAULT_CONFIG, moved=MOVED_FLAGS)
+    except (KeyError, FileNotFoundError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        sys.exit(2)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "tiny.py"), "run config file", lock_config=True
+    "config", _DEFAULT_CONFIG, "run config file", lock_config=True
 )
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "where results go", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "trainer workdir or checkpoints dir")
@@ -63,14 +76,7 @@ _BENCHMARKS = flags.DEFINE_list(
     "benchmarks", None, "names, data files or seqio tasks (default: the six SimpleRL-Zoo ones)"
 )
 _LIMIT = flags.DEFINE_integer("limit", None, "first N problems of each benchmark")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "responses per problem")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "0 = off")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 0, "0 = the config's eval length")
-_MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 0, "0 = the config's")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "problems per sampler call")
-_TEMPLATE = flags.DEFINE_string("template", "", "prompt template (default: the config's)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _KS = flags.DEFINE_list("ks", None, "k of pass@k / maj@k (default 1, 2, 4, ... num_samples)")
 _SEQIO_MODULES = flags.DEFINE_list("seqio_modules", [], "modules that register seqio tasks")
@@ -99,24 +105,12 @@ def _ks() -> list[int] | None:
 
 
 def _run_config():
-    """The config to evaluate with (see the module doc) and where it came from."""
-    config = _CONFIG.value
-    run_dir = saved_run_directory(_CHECKPOINT.value) if _CHECKPOINT.value else None
-    if run_dir is None:
-        return config, "--config"
-    saved = load_run_config(run_dir)
-    for key, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
-        set_key(saved, key, value)
-    saved.lock()
-    if not flags.FLAGS["config"].present:
-        return saved, os.path.join(run_dir, "config.json")
-    if conflicts := policy_config_conflicts(saved, config):
-        raise ValueError(
-            f"--config disagrees with the run's {run_dir}/config.json on "
-            f"{'; '.join(conflicts)} (saved vs --config): drop --config to use the saved "
-            "config, or make them agree"
-        )
-    return config, "--config"
+    """The config to evaluate with (`zero_rl.eval.policy.run_config`) and where it came from."""
+    return run_config(
+        _CONFIG.value, checkpoint=_CHECKPOINT.value,
+        overrides=config_flags.get_override_values(flags.FLAGS["config"]),
+        given_explicitly=flags.FLAGS["config"].present,
+    )  # fmt: skip
 
 
 def _writer() -> SummaryWriter | None:
@@ -168,24 +162,17 @@ def _evaluate() -> int:
         if _BATCH_SIZE.value % batch_devices:
             raise ValueError(f"--batch_size must be a multiple of {batch_devices} (data x fsdp)")
         ks = _ks()
-        check_sampling(_NUM_SAMPLES.value, _TEMPERATURE.value, ks)
-        model_name = config.model.preset or os.path.basename(
-            os.path.normpath(_HF_MODEL.value or config.model.hf_path or "tiny")
-        )
-        template = _TEMPLATE.value or config.data.template or default_template(model_name)
-        get_template(template)
-        tokenizer = load_tokenizer(tokenizer_path(config, _HF_MODEL.value))
-        max_prompt_len = _MAX_PROMPT_LEN.value or config.sampling.max_prompt_len
-        options = sampling_options(config, evaluation=True).replace(
-            temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
-            max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.eval_max_new_tokens
-            or config.sampling.max_new_tokens, max_prompt_len=max_prompt_len,
-        )  # fmt: skip
+        num_samples = config.eval.num_samples
+        options = sampling_options(config, evaluation=True)
+        check_sampling(num_samples, options.temperature, ks)
+        description = describe_policy(config, checkpoint=_CHECKPOINT.value,
+                                      hf_model=_HF_MODEL.value)  # fmt: skip
+        template = description.template
         for eval_set in sets:
-            check_prompt_lengths(eval_set, tokenizer, eval_set.template or template,
-                                 max_prompt_len)  # fmt: skip
+            check_prompt_lengths(eval_set, description.tokenizer, eval_set.template or template,
+                                 options.max_prompt_len)  # fmt: skip
         policy = load_policy(config, checkpoint=_CHECKPOINT.value, hf_model=_HF_MODEL.value,
-                             step=_STEP.value, mesh=mesh, tokenizer=tokenizer)  # fmt: skip
+                             step=_STEP.value, mesh=mesh, description=description)  # fmt: skip
     except (FileNotFoundError, ValueError, ImportError) as e:
         return _fail(str(e))
     print(f"evaluating {policy.source} (config from {config_source}, params {policy.fingerprint})"
@@ -197,7 +184,7 @@ def _evaluate() -> int:
             summary = run_benchmarks(
                 policy.graphdef, policy.params, tokenizer=policy.tokenizer, benchmarks=sets,
                 out_dir=_OUT_DIR.value, template=template, sampling=options,
-                num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
+                num_samples=num_samples, batch_size=_BATCH_SIZE.value,
                 reward=reward_config(config), seed=_SEED.value, ks=ks,
                 batch_sharding=batch_sharding, writer=writer, step=policy.step,
                 progress=_PROGRESS.value, policy_id=policy.fingerprint,

@@ -3,7 +3,7 @@ difficulty"): k samples per prompt, graded by the verifier; keep the prompts in 
 
     python launch/filter_difficulty.py --config=configs/qwen2_5_math_7b.py \
         --hf_model=/ckpt/Qwen2.5-Math-7B --data=data/math_train.jsonl --level_field=level \
-        --k=8 --max_new_tokens=4096 --output=/data/math_train_band.jsonl
+        --k=8 --config.sampling.max_new_tokens=4096 --output=/data/math_train_band.jsonl
     python launch/filter_difficulty.py --checkpoint=/tmp/zero-rl-tiny --data=synthetic_addition \
         --k=4 --output=/tmp/addition_band.jsonl            # the tiny config's run
 
@@ -11,6 +11,11 @@ Writes OUTPUT (the kept records, in the source's own format: point `data.train` 
 OUTPUT's `.pass_rates.jsonl` ({"id", "pass_rate", "num_correct", "k"} per prompt, appended per
 batch). Rerunning resumes an interrupted run; with a finished pass-rate file and a new --output
 and band, nothing is sampled again. --overwrite starts over.
+
+The config is found as launch/eval.py finds it (a trainer workdir's saved config.json, with
+`--config.x=y` overrides), and the responses are sampled as the run's rollouts are
+(`--config.sampling.temperature`, `.top_p`, `.top_k`, `.max_new_tokens`, `.max_prompt_len`),
+with the run's template (`--config.data.template` to change it).
 """
 
 import os
@@ -21,14 +26,27 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from zero_rl import sharding
-from zero_rl.data import FieldMapping, default_template
-from zero_rl.data.pass_rate import Sampling, filter_difficulty, load_source
-from zero_rl.eval.policy import load_policy
-from zero_rl.train.config import reward_config, sampling_options
+from zero_rl.config import check_command_line, reward_config, sampling_options
+from zero_rl.data import FieldMapping
+from zero_rl.eval.pass_rate import Sampling, filter_difficulty, load_source
+from zero_rl.eval.policy import describe_policy, load_policy, run_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "tiny.py")
+# Sampling flags of earlier versions, now the config keys every sampling caller reads.
+MOVED_FLAGS = {
+    "temperature": "sampling.temperature", "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k", "max_new_tokens": "sampling.max_new_tokens",
+    "max_prompt_len": "sampling.max_prompt_len", "template": "data.template",
+}  # fmt: skip
+if __name__ == "__main__":
+    try:  # before config_flags applies the overrides: name a mistyped key with the valid ones
+        check_command_line(sys.argv[1:], _DEFAULT_CONFIG, moved=MOVED_FLAGS)
+    except (KeyError, FileNotFoundError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        sys.exit(2)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "tiny.py"), "run config file", lock_config=True
+    "config", _DEFAULT_CONFIG, "run config file", lock_config=True
 )
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "trainer workdir or checkpoints dir")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
@@ -48,13 +66,7 @@ _LIMIT = flags.DEFINE_integer("limit", None, "first N prompts only")
 _OUTPUT = flags.DEFINE_string("output", None, "kept records (.jsonl)", required=True)
 _PASS_RATES = flags.DEFINE_string("pass_rates", None, "default: OUTPUT's .pass_rates.jsonl")
 _K = flags.DEFINE_integer("k", 8, "samples per prompt")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "0 = off")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 0, "0 = the config's")
-_MAX_PROMPT_LEN = flags.DEFINE_integer("max_prompt_len", 0, "0 = the config's")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "prompts per sampler call")
-_TEMPLATE = flags.DEFINE_string("template", "", "prompt template (default: the config's)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _LOW = flags.DEFINE_float("low", 0.0, "keep pass rates above this")
 _HIGH = flags.DEFINE_float("high", 1.0, "keep pass rates below this")
@@ -75,14 +87,18 @@ def _pass_rates_path(output: str) -> str:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
     if (_CHECKPOINT.value is None) == (_HF_MODEL.value is None):
         return _fail("give exactly one of --checkpoint=DIR or --hf_model=DIR")
     if not _DATA.value:
         return _fail("--data is required: a benchmark name, synthetic_addition, or a data file")
-    mesh = sharding.make_mesh(config.mesh.to_dict())
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     try:  # everything that can be wrong with the flags fails here, before the model loads
+        config, config_source = run_config(
+            _CONFIG.value, checkpoint=_CHECKPOINT.value,
+            overrides=config_flags.get_override_values(flags.FLAGS["config"]),
+            given_explicitly=flags.FLAGS["config"].present,
+        )  # fmt: skip
+        mesh = sharding.make_mesh(config.mesh.to_dict())
+        batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
         if _BATCH_SIZE.value % batch_devices:
             raise ValueError(f"--batch_size must be a multiple of {batch_devices} (data x fsdp)")
         mapping = FieldMapping(
@@ -92,27 +108,23 @@ def main(argv):
         )  # fmt: skip
         source = load_source(_DATA.value, mapping, limit=_LIMIT.value, on_error=_ON_ERROR.value,
                              synthetic_seed=config.seed)  # fmt: skip
-        model_name = config.model.preset or os.path.basename(
-            os.path.normpath(_HF_MODEL.value or config.model.hf_path or "tiny")
-        )
-        template = _TEMPLATE.value or config.data.template or default_template(model_name)
+        description = describe_policy(config, checkpoint=_CHECKPOINT.value,
+                                      hf_model=_HF_MODEL.value)  # fmt: skip
+        template = description.template
         reward = reward_config(config)
-        options = sampling_options(config).replace(
-            max_new_tokens=_MAX_NEW_TOKENS.value or config.sampling.max_new_tokens,
-            max_prompt_len=_MAX_PROMPT_LEN.value or config.sampling.max_prompt_len,
-            temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
-        )  # fmt: skip
+        options = sampling_options(config)
         sampling = Sampling(template=template, k=_K.value, batch_size=_BATCH_SIZE.value,
                             options=options, seed=_SEED.value, reward=reward)  # fmt: skip
         output, pass_rates = _OUTPUT.value, _pass_rates_path(_OUTPUT.value)
         if os.path.exists(output) and not _OVERWRITE.value:
             raise FileExistsError(f"{output} exists; pass --overwrite or another --output")
         policy = load_policy(config, checkpoint=_CHECKPOINT.value, hf_model=_HF_MODEL.value,
-                             step=_STEP.value, mesh=mesh)  # fmt: skip
+                             step=_STEP.value, mesh=mesh, description=description)  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         return _fail(str(e))
     print(
-        f"filtering {len(source.examples)} prompts of {source.name} with {policy.source}: "
+        f"filtering {len(source.examples)} prompts of {source.name} with {policy.source} "
+        f"(config from {config_source}): "
         f"template={template} k={sampling.k} temperature={options.temperature} "
         f"top_p={options.top_p} band={'[' if _INCLUSIVE.value else '('}{_LOW.value}, "
         f"{_HIGH.value}{']' if _INCLUSIVE.value else ')'}",

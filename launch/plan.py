@@ -31,7 +31,7 @@ _MEMORY = flags.DEFINE_float("device_memory_gb", 0.0, "memory per device in GB (
 def main(argv):
     del argv
     # Imported here, and no device touched, until the fake device count is set below.
-    from zero_rl import plan  # noqa: PLC0415
+    from zero_rl.tools import plan  # noqa: PLC0415
 
     config = _CONFIG.value
     accelerator, axes = _SLICE.value, dict(config.mesh)

@@ -1,6 +1,6 @@
 """Supervised fine-tuning of a base model on (prompt, response) pairs.
 
-    python launch/sft.py --config=configs/sft_tiny.py --workdir=/tmp/sft_tiny
+    python launch/sft.py --workdir=/tmp/sft_tiny          # configs/sft_tiny.py, the default
     python launch/sft.py --config=configs/sft_tiny.py --workdir=... \
         --config.model.hf_path=/ckpt/qwen2.5-0.5b --config.tokenizer=/ckpt/qwen2.5-0.5b \
         --config.data.source=traces.jsonl --config.data.template=qwen_boxed \
@@ -8,15 +8,18 @@
 
 Writes TensorBoard scalars to WORKDIR/tb, checkpoints to WORKDIR/sft_checkpoints (a rerun
 resumes there) and, with export_hf, the fine-tuned model and its tokenizer to WORKDIR/hf.
+Config files start from `zero_rl.config.sft_run_config()`, which lists every key.
 """
 
 import os
 import shutil
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from zero_rl.config import check_command_line, validate_sft
 from zero_rl.data.synthetic import SOURCE as SYNTHETIC_SOURCE
 from zero_rl.data.synthetic import AdditionTask, sft_pairs
 from zero_rl.data.templates import apply_template
@@ -25,7 +28,16 @@ from zero_rl.sharding import make_mesh
 from zero_rl.tokenizer import Tokenizer, load_tokenizer
 from zero_rl.train.sft import read_sft_pairs, train_sft
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "SFT config file.", lock_config=True)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "sft_tiny.py")
+if __name__ == "__main__":
+    try:  # before config_flags applies the overrides: name a mistyped key with the valid ones
+        check_command_line(sys.argv[1:], _DEFAULT_CONFIG)
+    except (KeyError, FileNotFoundError) as err:
+        sys.exit(f"error: {err.args[0]}")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "SFT config file", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
@@ -87,6 +99,10 @@ def main(argv):
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     config = _CONFIG.value
+    try:
+        validate_sft(config)
+    except (KeyError, ValueError) as err:
+        sys.exit(f"error: {err.args[0]}")
     mesh = make_mesh(dict(config.mesh))
     tokenizer = load_tokenizer(config.tokenizer)
     model = load_model(config.model, mesh)

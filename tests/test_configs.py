@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from zero_rl import plan
-from zero_rl.train.config import load_config
+from zero_rl.config import load_config
+from zero_rl.tools import plan
 from zero_rl.train.run import update_options
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ def test_data_and_tokenizer_do_not_import_tensorflow():
 CORE = """
 import sys
 import zero_rl.models, zero_rl.sampler, zero_rl.rl, zero_rl.rewards
-import zero_rl.train.loop, zero_rl.train.sft, zero_rl.train.rl_step
+import zero_rl.train.loop, zero_rl.train.sft, zero_rl.train.batch, zero_rl.train.update
 heavy = sorted(m for m in ("tensorflow", "seqio", "tensorflow_text") if m in sys.modules)
 assert not heavy, f"importing the core pulled in {heavy}"
 """

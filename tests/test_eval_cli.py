@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from zero_rl import config as config_lib
 from zero_rl import sharding
-from zero_rl.eval import load_policy, load_run_config, restore_params, tokenizer_path
+from zero_rl.checkpoint import Checkpointer
+from zero_rl.config import TINY_VOCAB_SIZE, load_run_config, tokenizer_path
+from zero_rl.eval import load_policy, restore_params
 from zero_rl.eval.policy import (
     params_fingerprint,
     policy_config_conflicts,
     saved_run_directory,
 )
 from zero_rl.models import create_model
+from zero_rl.optim import make_optimizer
 from zero_rl.sampling import with_template_stops
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train import config as config_lib
-from zero_rl.train.checkpoint import Checkpointer
-from zero_rl.train.config import TINY_VOCAB_SIZE
-from zero_rl.train.optim import make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "configs", "tiny.py")
@@ -163,7 +163,8 @@ def test_cli_evaluates_a_checkpoint_with_its_saved_config(workdir, tmp_path):
     out = tmp_path / "out"
     # No --config: configs/tiny.py's mlp_dim (192) would not fit this run's checkpoint.
     result = _cli(f"--checkpoint={workdir[0]}", f"--out_dir={out}", "--limit=8",
-                  "--batch_size=8", "--max_new_tokens=8", "--progress=false")  # fmt: skip
+                  "--batch_size=8", "--config.sampling.eval_max_new_tokens=8",
+                  "--progress=false")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "synthetic_addition" in result.stdout and "step 10" in result.stderr
     assert f"config from {workdir[0] / 'config.json'}" in result.stderr
@@ -192,9 +193,15 @@ def test_cli_refuses_a_config_that_disagrees_with_the_saved_one(workdir, tmp_pat
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--num_samples=4"], "temperature 0 is greedy decoding: all 4 samples"),
-        (["--num_samples=2", "--temperature=1.0", "--ks=1,4"], r"ks=[1, 4] must lie in [1, "),
-        (["--max_prompt_len=4"], "tokens, more than max_prompt_len=4"),
+        (["--config.eval.num_samples=4"], "temperature 0 is greedy decoding: all 4 samples"),
+        (
+            ["--config.eval.num_samples=2", "--config.eval.temperature=1.0", "--ks=1,4"],
+            r"ks=[1, 4] must lie in [1, ",
+        ),
+        (["--config.sampling.max_prompt_len=4"], "tokens, more than max_prompt_len=4"),
+        # The sampling flags of earlier versions name the config key that replaced them.
+        (["--temperature=1.0"], "--temperature is a config key now: use --config.eval.temperature"),
+        (["--max_new_tokens", "8"], "use --config.sampling.eval_max_new_tokens=..."),
     ],
 )
 def test_cli_rejects_bad_sampling_flags_before_loading(workdir, tmp_path, flags, message):
@@ -304,8 +311,9 @@ def hf_dirs(tmp_path_factory):
     return dirs
 
 
-HF_FLAGS = ("--limit=4", "--batch_size=4", "--max_new_tokens=6", "--max_prompt_len=32",
-            "--progress=false", "--notensorboard", "--config.mesh.data=1")  # fmt: skip
+HF_FLAGS = ("--limit=4", "--batch_size=4", "--config.sampling.eval_max_new_tokens=6",
+            "--config.sampling.max_prompt_len=32", "--progress=false", "--notensorboard",
+            "--config.mesh.data=1")  # fmt: skip
 
 
 def test_load_policy_from_an_hf_directory_equals_from_hf(hf_dirs):

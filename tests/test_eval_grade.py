@@ -9,8 +9,8 @@ from zero_rl.eval.grade import OutputsError
 from zero_rl.eval.harness import GRADING_KEYS
 from zero_rl.eval.store import GenerationStore
 from zero_rl.rewards import RewardConfig, VerifierPool
+from zero_rl.summaries import SummaryWriter, read_scalars
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train.metrics import SummaryWriter, read_scalars
 
 OUTPUTS = [
     # toy: problem p1 (one right, one truncated and wrong), and a problem known by its prompt.

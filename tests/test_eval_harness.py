@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from zero_rl.data import load_benchmark
-from zero_rl.data.templates import cut_at_stop_string
+from zero_rl.data.templates import cut_at_stop_string, stop_token_ids
 from zero_rl.eval import (
     RECORD_FIELDS,
     EvalSet,
@@ -23,13 +23,13 @@ from zero_rl.eval import (
     run_benchmarks,
     summarize,
 )
+from zero_rl.eval.metrics import REFLECTION_WORDS
 from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
 from zero_rl.sampling import SamplingOptions, with_template_stops
+from zero_rl.summaries import SummaryWriter, read_scalars
 from zero_rl.tokenizer import train_sentencepiece
 from zero_rl.train.evaluate import evaluate
-from zero_rl.train.metrics import SummaryWriter, read_scalars
-from zero_rl.train.rollout import REFLECTION_WORDS
 
 SIX = ["gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23"]
 MAX_NEW_TOKENS = 12
@@ -293,8 +293,8 @@ def test_stop_strings(tokenizer):
     assert cut_at_stop_string("no stop here", ["</answer>"]) is None
     # "</answer>" is one token of this vocabulary, so r1_zero's stop string stops the sampler.
     answer_end = tokenizer.token_to_id("</answer>")
-    assert harness.default_stop_token_ids(tokenizer, "r1_zero") == [tokenizer.eos_id, answer_end]
-    assert harness.default_stop_token_ids(tokenizer, "plain") == [tokenizer.eos_id]
+    assert stop_token_ids(tokenizer, "r1_zero") == [tokenizer.eos_id, answer_end]
+    assert stop_token_ids(tokenizer, "plain") == [tokenizer.eos_id]
 
 
 def test_responses_are_cut_at_a_multi_token_stop_string(tokenizer, pool):

@@ -83,7 +83,7 @@ def test_reflection_counts():
     counts = metrics.reflection_counts(text)
     assert counts["wait"] == 2 and counts["recheck"] == 1 and counts["however"] == 1
     assert counts["retry"] == 1 and counts["alternatively"] == 1 and counts["rethink"] == 0
-    # Whole words only, as the trainer's has_reflection: no waiter, retrying or awaited.
+    # Whole words only, as has_reflection: no waiter, retrying or awaited.
     assert metrics.reflection_counts("The waiter, retrying, awaited; try  again") == dict.fromkeys(
         counts, 0
     )
@@ -186,3 +186,20 @@ def test_default_ks():
     assert default_ks(1) == [1]
     assert default_ks(8) == [1, 2, 4, 8]
     assert default_ks(12) == [1, 2, 4, 8, 12]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Wait, let me recheck that.", True),
+        ("HOWEVER the sum is 5", True),
+        ("let me try again: 3", True),
+        ("so, wait.", True),
+        ("the waiter brought awaited dishes", False),
+        ("retrying rethinking alternatively-minded", True),  # "alternatively" is a whole word
+        ("retrying and rethinking", False),
+        ("nothing to see", False),
+    ],
+)
+def test_reflection_words_match_whole_words_only(text, expected):
+    assert metrics.has_reflection(text) is expected

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from zero_rl import config as config_lib
+from zero_rl.checkpoint import Checkpointer
 from zero_rl.data import FieldMapping, RecordError, read_examples
-from zero_rl.data.pass_rate import (
+from zero_rl.eval.pass_rate import (
     PASS_RATE_FIELDS,
     Sampling,
     filter_difficulty,
@@ -25,8 +27,6 @@ from zero_rl.models import ModelConfig, create_model
 from zero_rl.rewards import RewardConfig, VerifierPool, score
 from zero_rl.sampling import SamplingOptions, finish_responses, generate, with_template_stops
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train import config as config_lib
-from zero_rl.train.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOKENIZER = os.path.join(REPO, "zero_rl", "assets", "tiny_addition.model")
@@ -244,8 +244,8 @@ def test_launcher_filters_a_checkpoint(data_file, tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "launch", "filter_difficulty.py"),
          f"--checkpoint={tmp_path / 'run'}", f"--data={path}", f"--output={output}", f"--k={K}",
-         "--max_new_tokens=8", "--batch_size=8", "--progress=false", "--save_responses",
-         "--config.reward.last_number_fallback=true"],
+         "--config.sampling.max_new_tokens=8", "--batch_size=8", "--progress=false",
+         "--save_responses", "--config.reward.last_number_fallback=true"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

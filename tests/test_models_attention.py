@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from zero_rl import sampler
-from zero_rl.models import KVCache, ModelConfig, create_model, token_logprobs
+from zero_rl.models import ModelConfig, create_model, token_logprobs
 from zero_rl.models.layers import attend, attend_decode
 
 CFG = ModelConfig(
@@ -152,13 +152,6 @@ def test_decode_attention_over_chunks_matches_float64_reference():
             p = np.exp(scores - scores.max(-1, keepdims=True))
             ref[i, h] = (p / p.sum(-1, keepdims=True)) @ v_all[i, h]
     np.testing.assert_allclose(out, ref, atol=1e-5)
-
-
-def test_segment_ids_with_a_kv_cache_are_refused():
-    model = create_model(CFG, seed=0)
-    tokens = jnp.ones((1, 4), jnp.int32)
-    with pytest.raises(ValueError, match="segment_ids_bt cannot be used with a KV cache"):
-        model(tokens, segment_ids_bt=jnp.ones_like(tokens), cache=KVCache.empty(CFG, 1, 8))
 
 
 @pytest.mark.parametrize("tie", [False, True])

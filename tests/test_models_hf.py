@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from zero_rl.models import (
-    KVCache,
+    DecodeCache,
     ModelConfig,
     apply,
     config_from_hf,
@@ -145,24 +145,39 @@ def test_logits_match_hf_on_left_padded_batch(case):
     _assert_logits_match(_our_logits(model, tokens_bt, valid_bt), ref, valid_bt)
 
 
-def test_kv_cache_prefill_and_decode_match_hf(case):
+def test_prefill_then_decode_steps_match_hf(case):
+    """The sampler's path: the first tokens prefilled, the rest one at a time over the
+    `DecodeCache` (prompt chunk, then a response chunk written a slot per step)."""
     _, _, path, ref = case
     model = from_hf(path)
     graphdef, params = nnx.split(model)
     tokens_bt, valid_bt = _inputs()
     positions_bt = positions_from_mask(jnp.asarray(valid_bt))
+    prefill = 5
 
     @jax.jit
-    def step(params, tokens, positions, cache, index):
-        return apply(graphdef, params, tokens, positions, cache=cache, cache_index=index)
+    def first(params, tokens, positions):
+        m = nnx.merge(graphdef, params)
+        hidden, k_lbtkh, v_lbtkh = m.prefill(tokens, positions)
+        to_slots = lambda x: x.transpose(0, 1, 3, 2, 4)  # [layers, batch, kv, slots, hd]
+        empty = jnp.zeros((*to_slots(k_lbtkh).shape[:3], TIME - prefill, k_lbtkh.shape[-1]))
+        cache = DecodeCache(
+            ((to_slots(k_lbtkh), empty),), ((to_slots(v_lbtkh), empty),),
+            (positions, jnp.full((BATCH, TIME - prefill), -1, jnp.int32)),
+        )  # fmt: skip
+        return m.logits(hidden), cache
 
-    prefill = 5
-    cache = KVCache.empty(model.cfg, BATCH, TIME)
-    logits, cache = step(params, tokens_bt[:, :prefill], positions_bt[:, :prefill], cache, 0)
+    @jax.jit
+    def step(params, tokens_b, positions_b, cache, index):
+        m = nnx.merge(graphdef, params)
+        return m.decode_step(m.decode_groups(False), tokens_b, positions_b, cache,
+                             read_chunks=2, write_chunk=1, write_index=index)  # fmt: skip
+
+    logits, cache = first(params, tokens_bt[:, :prefill], positions_bt[:, :prefill])
     pieces = [logits]
     for i in range(prefill, TIME):
-        logits, cache = step(params, tokens_bt[:, i : i + 1], positions_bt[:, i : i + 1], cache, i)
-        pieces.append(logits)
+        logits_bv, cache = step(params, tokens_bt[:, i], positions_bt[:, i], cache, i - prefill)
+        pieces.append(logits_bv[:, None])
     _assert_logits_match(jnp.concatenate(pieces, axis=1), ref, valid_bt)
 
 
@@ -391,8 +406,8 @@ def test_import_and_export_hold_one_tensor_or_shard_in_host_memory(big_dir, tmp_
 
     # On CPU a fetched array is a view of device memory, which tracemalloc does not see; copying
     # it stands in for the host buffer an accelerator's transfer allocates.
-    to_host = hf_io._to_host
-    monkeypatch.setattr(hf_io, "_to_host", lambda x: np.array(to_host(x), copy=True))
+    to_host = hf_io.sharding.gather_to_host
+    monkeypatch.setattr(hf_io.sharding, "gather_to_host", lambda x: np.array(to_host(x), copy=True))
     shard = 6 * 10**6
     peak = _peak_host_bytes(
         lambda: to_hf(model, tmp_path / "a", dtype="float32", max_shard_size=shard)

@@ -1,5 +1,5 @@
 """The notebooks run top to bottom in a fresh kernel, show what they claim, and are stored without
-outputs; the helpers they share (zero_rl.notebook_utils) are checked on the quickstart's run.
+outputs; the helpers they share (zero_rl.tools.notebook) are checked on the quickstart's run.
 
 Each executed notebook gets one extra cell, appended here and not stored, that checks the
 notebook's own variables against independent references (integer arithmetic, hand-judged
@@ -18,9 +18,9 @@ import pytest
 from flax import nnx
 from nbclient import NotebookClient
 
-from zero_rl import notebook_utils
+from zero_rl.config import load_config, reward_config, sampling_options
 from zero_rl.sampling import template_stops
-from zero_rl.train.config import load_config, reward_config, sampling_options
+from zero_rl.tools import notebook
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.loop import load_examples
 
@@ -202,7 +202,7 @@ def test_notebooks_are_stored_without_outputs(name):
 
 
 def test_restore_policy_reads_the_saved_params(quickstart_run):
-    policy = notebook_utils.restore_policy(quickstart_run, step=4)
+    policy = notebook.restore_policy(quickstart_run, step=4)
     assert policy.step == 4 and policy.meta["step"] == 4
     # Independent read: orbax's plain restore of the whole state as NumPy arrays.
     state_dir = os.path.join(quickstart_run, "checkpoints", "4", "state")
@@ -220,11 +220,11 @@ def test_restore_policy_reads_the_saved_params(quickstart_run):
 
 
 def test_greedy_sample_matches_the_trainers_evaluation(quickstart_run):
-    policy = notebook_utils.restore_policy(quickstart_run)
+    policy = notebook.restore_policy(quickstart_run)
     config = policy.config
     _, held_out = load_examples(config)
     examples = held_out[:6]
-    texts = notebook_utils.sample(policy, [ex.prompt for ex in examples], temperature=0.0)
+    texts = notebook.sample(policy, [ex.prompt for ex in examples], temperature=0.0)
     # The trainer's evaluation options (the template's stops), greedy, at sample()'s length.
     stop_ids, stop_strings = template_stops(policy.tokenizer, policy.template)
     assert stop_ids == policy.stop_token_ids
@@ -241,23 +241,23 @@ def test_greedy_sample_matches_the_trainers_evaluation(quickstart_run):
 
 def test_restore_policy_errors_name_the_problem(quickstart_run, tmp_path):
     with pytest.raises(ValueError, match=r"no checkpoint for step 5 .*saved steps: \[4, 8\]"):
-        notebook_utils.restore_policy(quickstart_run, step=5)
+        notebook.restore_policy(quickstart_run, step=5)
     with pytest.raises(FileNotFoundError, match="not a run directory"):
-        notebook_utils.restore_policy(str(tmp_path))
+        notebook.restore_policy(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model": {}}))
     with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
-        notebook_utils.checkpoint_steps(str(tmp_path))
+        notebook.checkpoint_steps(str(tmp_path))
 
 
 def test_config_path_and_run_config_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"available: \[.*'tiny'"):
-        notebook_utils.config_path("tinyy")
-    config = load_config(notebook_utils.config_path("tiny"), ["optim.lr=0.25"])
+        notebook.config_path("tinyy")
+    config = load_config(notebook.config_path("tiny"), ["optim.lr=0.25"])
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
-    loaded = notebook_utils.load_run_config(str(tmp_path))
-    assert notebook_utils.config_diff(config, loaded) == {}
+    loaded = notebook.load_run_config(str(tmp_path))
+    assert notebook.config_diff(config, loaded) == {}
     loaded.rl.num_samples = 4
-    assert notebook_utils.config_diff(config, loaded) == {"rl.num_samples": (8, 4)}
+    assert notebook.config_diff(config, loaded) == {"rl.num_samples": (8, 4)}
 
 
 def test_config_diff_reports_changed_added_and_removed_keys():
@@ -265,7 +265,7 @@ def test_config_diff_reports_changed_added_and_removed_keys():
 
     a = ml_collections.ConfigDict({"x": 1, "sub": {"y": 2.0, "z": "s"}, "gone": True})
     b = ml_collections.ConfigDict({"x": 1, "sub": {"y": 3.0, "z": "s", "new": 5}})
-    assert notebook_utils.config_diff(a, b) == {
+    assert notebook.config_diff(a, b) == {
         "gone": (True, None),
         "sub.new": (None, 5),
         "sub.y": (2.0, 3.0),
@@ -277,19 +277,19 @@ def test_plot_curves_draws_one_line_per_run_and_tag():
         "a": {"r": [(1, 0.1), (2, 0.5)], "len": [(1, 20.0), (2, 22.0)]},
         "b": {"r": [(1, 0.2), (3, 0.4)]},
     }
-    fig = notebook_utils.plot_curves(runs, ["r", "len"], ncols=1)
+    fig = notebook.plot_curves(runs, ["r", "len"], ncols=1)
     r_ax, len_ax = fig.axes
     assert r_ax.get_title() == "r" and len_ax.get_title() == "len"
     assert [line.get_label() for line in r_ax.lines] == ["a", "b"]
     np.testing.assert_array_equal(r_ax.lines[1].get_xydata(), [[1, 0.2], [3, 0.4]])
     assert [line.get_label() for line in len_ax.lines] == ["a"]  # "b" did not log it
     with pytest.raises(ValueError, match=r"no run logged 'loss'; logged tags: \['len', 'r'\]"):
-        notebook_utils.plot_curves(runs, ["loss"])
+        notebook.plot_curves(runs, ["loss"])
 
 
 def test_markdown_table_escapes_pipes_and_shows_none():
     rows = [{"a": "|x|", "b": None}, {"a": 1, "b": "p\nq"}, {"a": 0.30078125, "b": 2.0}]
-    assert notebook_utils.markdown_table(rows).data.splitlines() == [
+    assert notebook.markdown_table(rows).data.splitlines() == [
         "| a | b |",
         "| --- | --- |",
         "| `\\|x\\|` | - |",
@@ -297,4 +297,4 @@ def test_markdown_table_escapes_pipes_and_shows_none():
         "| `0.3008` | `2` |",
     ]
     with pytest.raises(ValueError, match="at least one row"):
-        notebook_utils.markdown_table([])
+        notebook.markdown_table([])

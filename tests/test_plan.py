@@ -13,10 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from zero_rl import plan, sharding
+from zero_rl import config as config_lib
+from zero_rl import sharding
+from zero_rl.config import load_config
 from zero_rl.models import get_preset
-from zero_rl.train import config as config_lib
-from zero_rl.train.config import load_config
+from zero_rl.tools import plan
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zero_rl.rl import (
-    ESTIMATORS,
+    GROUP_ESTIMATORS,
     broadcast_to_tokens,
     compute_advantages,
     discounted_returns,
@@ -53,10 +53,10 @@ HAND_COMPUTED = {
 
 
 def test_every_estimator_has_a_hand_computed_case():
-    assert set(HAND_COMPUTED) == set(ESTIMATORS)
+    assert set(HAND_COMPUTED) == set(GROUP_ESTIMATORS)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", GROUP_ESTIMATORS)
 def test_estimators_by_hand(estimator):
     advantages_pg, stats = compute_advantages(jnp.asarray(REWARDS_PG), estimator=estimator)
     np.testing.assert_allclose(advantages_pg, HAND_COMPUTED[estimator], rtol=1e-5, atol=1e-6)
@@ -87,7 +87,7 @@ def _np_advantages(rewards, estimator, eps, ddof):
     return out
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", GROUP_ESTIMATORS)
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_estimators_match_float64_reference(estimator, ddof):
     rng = np.random.default_rng(0)
@@ -115,7 +115,7 @@ def test_all_equal_groups_get_exactly_zero(estimator):
 
 def test_group_mask_excludes_padding_prompts():
     rewards = np.array([[1.0, 0.0, 1.0], [5.0, 5.0, 5.0], [0.0, 0.0, 1.0]])
-    for estimator in ESTIMATORS:
+    for estimator in GROUP_ESTIMATORS:
         got, stats = compute_advantages(
             jnp.asarray(rewards), estimator=estimator, group_mask_p=jnp.array([1.0, 0.0, 1.0])
         )

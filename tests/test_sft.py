@@ -24,8 +24,8 @@ from zero_rl.models import ModelConfig, create_model, from_hf
 from zero_rl.rewards import extract_answer
 from zero_rl.sampler import generate
 from zero_rl.sharding import activation_sharding, make_mesh, named_sharding
+from zero_rl.summaries import read_scalars
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train.metrics import read_scalars
 from zero_rl.train.packing import pack_sequences, packed_batches, pad_sequences
 from zero_rl.train.sft import loss_and_grads, read_sft_pairs, train_sft
 
@@ -403,3 +403,31 @@ def test_launch_sft_end_to_end(tmp_path):
     tokenizer, reference = load_tokenizer(workdir / "hf"), load_tokenizer(config.tokenizer)
     assert (tokenizer.bos_id, tokenizer.eos_id) == (reference.bos_id, reference.eos_id)
     assert tokenizer.encode("What is 12 + 34?") == reference.encode("What is 12 + 34?")
+
+
+def test_the_sft_config_has_one_schema():
+    """Like RL configs, SFT config files start from one schema: every key has a default there,
+    and a key the schema lacks is a typo."""
+    from zero_rl.config import check_keys, sft_run_config, validate_sft
+
+    config = tiny_config()
+    validate_sft(config)
+    schema = sft_run_config()
+    assert sorted(config.sft.keys()) == sorted(schema.sft.keys())
+    check_keys(config, schema)
+    with config.unlocked():
+        config.sft.logit_chunk = 128  # a typo of logits_chunk
+    with pytest.raises(KeyError, match=r"unknown key 'logit_chunk' in config.sft; valid keys: "):
+        validate_sft(config)
+    bad = tiny_config()
+    bad.sft.overflow = "wrap"
+    with pytest.raises(ValueError, match="unknown sft.overflow 'wrap'"):
+        validate_sft(bad)
+
+
+def test_launch_sft_names_a_mistyped_key(tmp_path):
+    command = [sys.executable, "launch/sft.py", f"--workdir={tmp_path}", "--config.sft.step=2"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown key 'step' in config.sft" in result.stderr and "'steps'" in result.stderr
+    assert not os.listdir(tmp_path)

@@ -23,18 +23,19 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from zero_rl import sharding
+from zero_rl.config import base_config, load_config, model_config
 from zero_rl.models import (
-    KVCache,
+    DecodeCache,
     ModelConfig,
     abstract_params,
     create_model,
     logical_axes,
     param_shardings,
 )
+from zero_rl.optim import make_optimizer, sharded_init
 from zero_rl.rl import LossConfig
-from zero_rl.train.config import base_config, load_config, model_config
-from zero_rl.train.optim import make_optimizer, sharded_init
-from zero_rl.train.rl_step import Rollout, UpdateOptions, rollout_logprobs, update
+from zero_rl.train.batch import Rollout, rollout_logprobs
+from zero_rl.train.update import UpdateOptions, update
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(_REPO, "tests", "golden", "mistral7b_partition_specs.json")
@@ -270,7 +271,7 @@ def test_rollout_logprobs_on_a_mesh_equal_one_device(single_device, axes):
 def _golden_specs() -> dict:
     """Partition spec of every mistral-7b parameter, the KV cache and the batch, per mesh;
     shapes only (jax.eval_shape), nothing allocated."""
-    from zero_rl.plan import abstract_mesh, parse_mesh  # noqa: PLC0415
+    from zero_rl.tools.plan import abstract_mesh, parse_mesh  # noqa: PLC0415
 
     config = load_config(os.path.join(_REPO, GOLDEN_CONFIG))
     cfg, rules = model_config(config), sharding.rules_from_config(config.sharding)
@@ -291,10 +292,10 @@ def _golden_specs() -> dict:
         for path, leaf in nnx.to_flat_state(sharded):
             spec = _value(leaf).sharding.spec
             out["params"]["/".join(path)]["specs"][mesh_text] = _spec_json(spec)
-        cache_shape = (cfg.num_layers, 8192, 9216, cfg.num_kv_heads, cfg.head_dim)
+        cache_shape = (cfg.num_layers, 8192, cfg.num_kv_heads, 9216, cfg.head_dim)
         out["activations"][mesh_text] = {
             "kv_cache": _spec_json(
-                sharding.named_sharding(KVCache.LOGICAL_AXES, cache_shape, mesh, rules).spec
+                sharding.named_sharding(DecodeCache.LOGICAL_AXES, cache_shape, mesh, rules).spec
             ),
             "batch": _spec_json(
                 sharding.named_sharding(("batch", "length"), (8192, 9216), mesh, rules).spec
@@ -332,7 +333,8 @@ def test_mistral7b_partition_specs_match_the_golden_file():
     assert q["specs"]["fsdp=32,tensor=4"] == [None, "fsdp", "tensor"]
     own = {name: p["specs"]["fsdp=64,tensor=2"] for name, p in golden["params"].items()}
     assert own["layers/attn/k_proj"] == own["layers/mlp/up_proj"] == [None, "fsdp", "tensor"]
-    assert golden["activations"]["fsdp=64,tensor=2"]["kv_cache"] == [None, "fsdp", None, "tensor"]
+    # The decode cache is [layers, batch, kv_heads, slots, head_dim]: KV heads over tensor.
+    assert golden["activations"]["fsdp=64,tensor=2"]["kv_cache"] == [None, "fsdp", "tensor"]
     k = golden["params"]["layers/attn/k_proj"]["specs"]["data=4,fsdp=8,tensor=16"]
     assert k == [None, "fsdp"]  # 8 KV heads do not split 16 ways
 

@@ -3,9 +3,10 @@
 import jax
 import pytest
 
-from zero_rl import plan, sharding
+from zero_rl import sharding
+from zero_rl.config import base_config, load_config, set_override
 from zero_rl.models import abstract_params, get_preset
-from zero_rl.train.config import base_config, load_config, set_override
+from zero_rl.tools import plan
 
 
 def test_rules_round_trip_through_config():

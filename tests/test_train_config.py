@@ -12,14 +12,15 @@ import pytest
 import transformers
 from flax import nnx
 
+from zero_rl import config as config_lib
+from zero_rl.config import load_config, set_override, validate
 from zero_rl.data import RecordError
+from zero_rl.describe import default_model_template, describe_run
 from zero_rl.models import config_from_hf, from_hf, get_preset, hf_config
 from zero_rl.sampling import SamplingOptions, template_stops
 from zero_rl.sharding import make_mesh
-from zero_rl.train import config as config_lib
 from zero_rl.train import loop
 from zero_rl.train import run as run_lib
-from zero_rl.train.config import load_config, set_override, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -148,7 +149,7 @@ def test_the_run_samples_with_the_templates_stops(tmp_path):
                                 "sampling.max_prompt_len=512"])  # fmt: skip
     run = run_lib.resolve(config, str(tmp_path))
     stop_ids, stop_strings = template_stops(run.tokenizer, "r1_zero")
-    assert stop_strings == ("</answer>",) and run.stop_ids == list(stop_ids)
+    assert stop_strings == ("</answer>",) and run.description.stop_token_ids == stop_ids
     assert run.sampling == config_lib.sampling_options(
         config, stop_token_ids=stop_ids, stop_strings=stop_strings
     )
@@ -222,7 +223,7 @@ def test_real_config_carries_the_simplerl_zoo_recipe(name):
     preset, difficulty, template, response_len, kl_coef = RECIPE[name]
     assert c.model.preset == preset
     assert c.data.difficulty == difficulty
-    assert run_lib.default_model_template(c.model, None) == template and c.data.template == ""
+    assert default_model_template(c.model.preset, None, None) == template and c.data.template == ""
     assert (c.rl.estimator, c.rl.num_prompts, c.rl.num_samples) == ("grpo", 1024, 8)
     assert c.rl.minibatch_size == 256 * c.rl.num_samples  # 256 prompts' groups per update
     assert c.rl.epochs == 1
@@ -356,9 +357,8 @@ def test_without_a_name_the_template_comes_from_the_architecture(tiny_hf_dir, tm
     config = load_config(TINY, _hf_overrides(unnamed))
     config.unlock().model.dims = {}
     model_cfg = config_lib.model_config(config)
-    assert (
-        run_lib.default_model_template(config.model, model_cfg) == "qwen_boxed"
-    )  # Qwen2ForCausalLM
+    assert default_model_template("", str(unnamed), model_cfg) == "qwen_boxed"  # Qwen2ForCausalLM
+    assert describe_run(config).template == "qwen_boxed"
 
 
 def test_a_preset_that_disagrees_with_the_checkpoint_names_every_field(tmp_path):

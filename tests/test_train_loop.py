@@ -14,9 +14,9 @@ import time
 import pytest
 
 from zero_rl import sharding
-from zero_rl.train.config import load_config
+from zero_rl.config import load_config
+from zero_rl.summaries import _read_events, read_scalars
 from zero_rl.train.loop import train
-from zero_rl.train.metrics import _read_events, read_scalars
 from zero_rl.train.run import update_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,15 +11,8 @@ import pytest
 
 from zero_rl.data import Example
 from zero_rl.rewards import Verdict
-from zero_rl.train.metrics import (
-    CompileCounter,
-    SummaryWriter,
-    _read_events,
-    log_samples,
-    progress_line,
-    read_scalars,
-    step_metrics,
-)
+from zero_rl.summaries import SummaryWriter, _read_events, read_scalars
+from zero_rl.train.metrics import CompileCounter, log_samples, progress_line, step_metrics
 
 
 def test_scalars_and_text_round_trip(tmp_path):
@@ -47,7 +40,7 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_writing_events_does_not_import_tensorflow(tmp_path):
     logdir = repr(str(tmp_path))
     code = (
-        "import sys; from zero_rl.train.metrics import SummaryWriter, read_scalars;"
+        "import sys; from zero_rl.summaries import SummaryWriter, read_scalars;"
         f"w = SummaryWriter({logdir}, enabled=True); w.scalars(0, {{'a': 1.0}}); w.close();"
         f"read_scalars({logdir}); assert 'tensorflow' not in sys.modules"
     )

@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
+from zero_rl.config import optimizer_config
 from zero_rl.models import ModelConfig, abstract_params
+from zero_rl.optim import learning_rate_schedule, make_optimizer, sharded_init
 from zero_rl.sharding import make_mesh
-from zero_rl.train.config import optimizer_config
-from zero_rl.train.optim import learning_rate_schedule, make_optimizer, sharded_init
 
 # lr 1, 4 warmup steps, 12 steps in all, decay to 0.1: after warmup, 8 steps of decay.
 COS_6 = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 8))  # 0.8682

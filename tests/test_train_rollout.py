@@ -8,20 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src import array as jax_array
 
+from zero_rl import config as config_lib
+from zero_rl.checkpoint import Checkpointer
+from zero_rl.config import load_config
 from zero_rl.data import Example
 from zero_rl.rewards import RewardConfig, Verdict
 from zero_rl.sampler import SampleOutput
 from zero_rl.sampling import Samples, SamplingOptions, with_template_stops
 from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train import config as config_lib
 from zero_rl.train import evaluate as evaluate_lib
 from zero_rl.train import loop, rollout
 from zero_rl.train import run as run_lib
-from zero_rl.train.checkpoint import Checkpointer
-from zero_rl.train.config import load_config
-from zero_rl.train.rl_step import Rollout
+from zero_rl.train.batch import Rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -192,23 +191,6 @@ def test_overlong_filter_masks_responses_cut_by_the_length_cap(dynamic_sampling)
     assert np.asarray(unfiltered.rollout.mask_bn).min() == 1.0
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("Wait, let me recheck that.", True),
-        ("HOWEVER the sum is 5", True),
-        ("let me try again: 3", True),
-        ("so, wait.", True),
-        ("the waiter brought awaited dishes", False),
-        ("retrying rethinking alternatively-minded", True),  # "alternatively" is a whole word
-        ("retrying and rethinking", False),
-        ("nothing to see", False),
-    ],
-)
-def test_reflection_words_match_whole_words_only(text, expected):
-    assert rollout.has_reflection(text) is expected
-
-
 def test_responses_are_cut_after_the_first_stop_string():
     tokenizer = load_tokenizer(config_lib.TINY_TOKENIZER)
     texts = ["1+2=3", "4"]
@@ -322,43 +304,78 @@ def test_reference_only_with_a_kl_term_and_logprobs_dispatched_before_verifying(
     assert 2 <= result.stats["perf/decode_steps"] <= 2 * 4
 
 
-def test_the_response_tokens_are_the_only_device_to_host_transfer_of_a_step(policies, pool):
-    run, params, opt_state, ref_params, iterator = policies(1e-4)
-    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))  # the update donates them
-    collector = loop._collector(run, pool)
-    # On accelerators the transfer guard catches every copy; XLA:CPU arrays live in host memory
-    # and pass it, so reads are also counted where a jax.Array becomes host data (`_value`:
-    # np.asarray of a sharded array, float(), bool(), jax.device_get).
-    reads, fetching = [], []
-    value = jax_array.ArrayImpl._value
+def _guard_stops_device_reads() -> bool:
+    """Whether `jax.transfer_guard_device_to_host` stops a read of a device array on this
+    backend: it does on accelerators; XLA:CPU arrays already live in host memory and pass it."""
+    x = jnp.arange(3) + 1  # computed on the device: no host copy of it yet
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+        try:
+            np.asarray(x)
+        except Exception as err:  # noqa: BLE001 - only the guard's own error counts
+            if "Disallowed device-to-host transfer" in str(err):
+                return True
+            raise
+    return False
+
+
+def _count_host_reads(monkeypatch, reads: list[bool], fetching: list[bool]) -> None:
+    """Where the guard lets reads pass (XLA:CPU): appends to `reads`, each time a jax.Array
+    becomes host data (np.asarray, float(), bool(), jax.device_get all end in
+    `ArrayImpl._value`), whether `fetching` was set. JAX has no public hook there, so this
+    wraps a private property, and skips the test when a JAX version no longer has it."""
+    try:
+        from jax._src import array as jax_array  # noqa: PLC0415
+
+        value = jax_array.ArrayImpl._value.fget
+    except (ImportError, AttributeError):
+        pytest.skip(
+            "device-to-host reads pass jax.transfer_guard on this backend, and this JAX has no "
+            "jax._src.array.ArrayImpl._value property to count them at"
+        )
 
     def counted(self):
         reads.append(bool(fetching))
-        return value.fget(self)
+        return value(self)
 
+    monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(counted))
+
+
+def test_the_response_tokens_are_the_only_device_to_host_transfer_of_a_step(
+    policies, pool, monkeypatch
+):
+    run, params, opt_state, ref_params, iterator = policies(1e-4)
+    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))  # the update donates them
+    collector = loop._collector(run, pool)
+    fetches, fetching, reads = [], [], []
     local = collector._local
 
-    def fetch(*arrays):
+    def fetch(*arrays):  # the one read allowed, by `_local` itself, under the guard below
+        fetches.append(len(arrays))
         fetching.append(True)
         try:
             return local(*arrays)
         finally:
             fetching.pop()
 
-    collector._local = fetch
-    jax_array.ArrayImpl._value = property(counted)
-    try:
-        with jax.transfer_guard_device_to_host("disallow_explicit"):
-            result, params, opt_state, metrics = loop._step(
-                run, collector, params, opt_state, ref_params, iterator, jax.random.key(0)
-            )
+    monkeypatch.setattr(collector, "_local", fetch)
+    guarded = _guard_stops_device_reads()  # on an accelerator, any other read raises
+    if not guarded:
+        _count_host_reads(monkeypatch, reads, fetching)
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+        result, params, opt_state, metrics = loop._step(
+            run, collector, params, opt_state, ref_params, iterator, jax.random.key(0)
+        )
         assert result.stats["train/dynamic_sampling_draws"] == 2
-        assert reads and all(reads), reads  # tokens were read, and nothing else
-        reads.clear()
-        float(metrics["loss"])  # what a hidden read (outside `_local`) looks like to this test
-        assert reads == [False]
-    finally:
-        jax_array.ArrayImpl._value = value
+        assert fetches  # the tokens were read
+        # What a hidden read (outside `_local`) looks like to this test.
+        if guarded:
+            with pytest.raises(Exception, match="Disallowed device-to-host transfer"):
+                float(metrics["loss"])
+        else:
+            assert reads and all(reads), reads  # tokens were read, and nothing else
+            reads.clear()
+            float(metrics["loss"])
+            assert reads == [False]
     assert len(result.texts) == 4
 
 

@@ -9,14 +9,8 @@ from flax import nnx
 
 from zero_rl.models import ModelConfig, create_model, token_logprobs
 from zero_rl.rl import LossConfig, policy_loss
-from zero_rl.train.rl_step import (
-    Rollout,
-    UpdateOptions,
-    assemble_sequences,
-    rollout_advantages,
-    rollout_logprobs,
-    update,
-)
+from zero_rl.train.batch import Rollout, assemble_sequences, rollout_logprobs
+from zero_rl.train.update import UpdateOptions, rollout_advantages, update
 
 CFG = ModelConfig(
     vocab_size=37, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64
@@ -150,7 +144,7 @@ def test_on_policy_update_is_reinforce_with_group_baseline():
 
     def loss_fn(p):
         m = nnx.merge(graphdef, p)
-        hidden, _ = m.hidden_states(rollout.tokens_bt, rollout.positions_bt)
+        hidden = m.hidden_states(rollout.tokens_bt, rollout.positions_bt)
         logits = (hidden[:, P - 1 : -1] @ m.head_weight()).astype(jnp.float32)
         logp_all = jax.nn.log_softmax(logits)
         logp = jnp.take_along_axis(logp_all, rollout.tokens_bt[:, P:, None], -1)[..., 0]

@@ -1,4 +1,4 @@
-"""`python -m zero_rl.verify`: JSONL in, JSONL verdicts out, summary on stderr."""
+"""`python -m zero_rl.tools.verify`: JSONL in, JSONL verdicts out, summary on stderr."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from zero_rl.verify import InputError, main, read_examples
+from zero_rl.tools.verify import InputError, main, read_examples
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ LINES = [
 def _run(args, stdin=""):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "zero_rl.verify", *args],
+        [sys.executable, "-m", "zero_rl.tools.verify", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -41,7 +41,7 @@ def test_stdin_to_stdout_in_order(monkeypatch, capsys):
         + "\n\n"
         + "\n".join(json.dumps(line) for line in LINES[2:])
     )
-    # In-process (the subprocess tests below cover `python -m zero_rl.verify` itself).
+    # In-process (the subprocess tests below cover `python -m zero_rl.tools.verify` itself).
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     assert main(["--timeout-s", "1", "--dataset", "gsm8k", "--num-workers", "1"]) == 0
     result = capsys.readouterr()

@@ -37,7 +37,7 @@ def make_optimizer(
         schedule=optim_cfg.schedule,
         warmup_steps=optim_cfg.warmup_steps,
         total_steps=total_steps,
-        end_lr_ratio=optim_cfg.get("end_lr_ratio", 0.0),
+        end_lr_ratio=optim_cfg.end_lr_ratio,
     )
     parts = []
     if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:

@@ -10,7 +10,7 @@ from zero_rl.data.difficulty import (
     filter_by_pass_rate,
     select_difficulty,
 )
-from zero_rl.data.iterator import PromptBatch, PromptIterator, make_prompt_batch
+from zero_rl.data.iterator import PromptBatch, PromptIterator, encode_batch, make_prompt_batch
 from zero_rl.data.records import (
     BENCHMARK_DIR,
     BENCHMARKS,
@@ -45,6 +45,7 @@ __all__ = [
     "apply_template",
     "default_difficulty",
     "default_template",
+    "encode_batch",
     "filter_by_pass_rate",
     "get_template",
     "load_benchmark",

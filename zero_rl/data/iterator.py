@@ -148,3 +148,29 @@ def make_prompt_batch(
         **encode_kwargs,
     )
     return PromptBatch(tokens_bt, lengths_b, [ex.answer for ex in examples], list(examples))
+
+
+def encode_batch(
+    examples: Sequence[Example],
+    tokenizer: Tokenizer,
+    *,
+    template: str,
+    max_prompt_len: int,
+    rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompt tokens and positions [rows, max_prompt_len]; extra rows are empty
+    (position -1 everywhere), so every batch has one shape."""
+    batch = make_prompt_batch(
+        examples, tokenizer, template=template, max_len=max_prompt_len,
+        pad_to_multiple=max_prompt_len,
+    )  # fmt: skip
+    tokens, lengths = batch.tokens_bt, batch.lengths_b
+    rows = rows or len(examples)
+    tokens_bt = np.full((rows, max_prompt_len), tokenizer.pad_id, np.int32)
+    tokens_bt[: len(examples)] = tokens
+    lengths_b = np.zeros((rows,), np.int32)
+    lengths_b[: len(examples)] = lengths
+    steps = np.arange(max_prompt_len)[None, :]
+    first = max_prompt_len - lengths_b[:, None]
+    positions_bt = np.where(steps >= first, steps - first, -1).astype(np.int32)
+    return tokens_bt, positions_bt

@@ -2,7 +2,7 @@
 reasoning-behaviour metrics, from this codebase's policies or from other engines' outputs."""
 
 from zero_rl.eval.grade import grade_outputs, read_outputs
-from zero_rl.eval.harness import default_stop_token_ids, run_benchmarks
+from zero_rl.eval.harness import run_benchmarks
 from zero_rl.eval.metrics import (
     answer_clusters,
     is_repetitive,
@@ -15,11 +15,10 @@ from zero_rl.eval.metrics import (
 )
 from zero_rl.eval.policy import (
     Policy,
+    describe_policy,
     load_policy,
-    load_run_config,
     params_fingerprint,
     restore_params,
-    tokenizer_path,
 )
 from zero_rl.eval.sets import (
     SIMPLERL_ZOO_BENCHMARKS,
@@ -39,14 +38,13 @@ __all__ = [
     "Policy",
     "answer_clusters",
     "default_ks",
-    "default_stop_token_ids",
+    "describe_policy",
     "format_summary",
     "grade_outputs",
     "is_repetitive",
     "load_eval_set",
     "load_eval_sets",
     "load_policy",
-    "load_run_config",
     "maj_at_k",
     "majority_index",
     "mean_pass_at_k",
@@ -58,6 +56,5 @@ __all__ = [
     "restore_params",
     "run_benchmarks",
     "summarize",
-    "tokenizer_path",
     "valid_names",
 ]

@@ -24,8 +24,8 @@ from zero_rl.eval.sets import ALIASES, prompt_id
 from zero_rl.eval.store import GenerationStore
 from zero_rl.eval.summary import earlier_results, graded_record, summarize, write_summary
 from zero_rl.rewards import RewardConfig, VerifierPool, normalize_gold, score
+from zero_rl.summaries import SummaryWriter
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.metrics import SummaryWriter
 
 _CHUNK = 2048
 

@@ -24,8 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zero_rl import sharding
-from zero_rl.data import Example, apply_template, get_template
-from zero_rl.data.templates import stop_token_ids
+from zero_rl.data import Example, apply_template, encode_batch, get_template
 from zero_rl.eval.policy import params_fingerprint
 from zero_rl.eval.sets import EvalSet, load_eval_set
 from zero_rl.eval.store import GenerationStore
@@ -37,16 +36,11 @@ from zero_rl.sampling import (
     generate_padded,
     with_template_stops,
 )
+from zero_rl.summaries import SummaryWriter
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.metrics import SummaryWriter
-from zero_rl.train.rollout import encode_batch
 
 # The RewardConfig fields that change a verdict (the reward values do not enter the records).
 GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
-
-
-# Kept under its public name in zero_rl.eval.
-default_stop_token_ids = stop_token_ids
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from zero_rl.rewards import fast_equivalence, normalize_answer
-from zero_rl.train.rollout import REFLECTION_WORDS
 
 # Repetition: a response is "stuck in a loop" when character 20-grams that recur >= 3 times
 # cover at least 80% of its last 2,000 characters (see `repetition_coverage`). Calibrated on the
@@ -21,7 +20,20 @@ REPETITION_NGRAM = 20
 REPETITION_MIN_REPEATS = 3
 REPETITION_MIN_COVERAGE = 0.8
 
-# Whole words, any case, as the trainer's `has_reflection`: "waiter" or "retrying" do not count.
+# SimpleRL-Zoo's reflection keywords (behaviour monitoring of "aha" moments).
+REFLECTION_WORDS = ("recheck", "rethink", "try again", "wait", "alternatively", "retry", "however")
+# Whole words only, any case: "waiter", "awaited" or "retrying" are not reflection.
+REFLECTION_RE = re.compile(
+    r"\b(?:" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE
+)
+
+
+def has_reflection(text: str) -> bool:
+    """Whether `text` contains one of `REFLECTION_WORDS` as a whole word (any case)."""
+    return REFLECTION_RE.search(text) is not None
+
+
+# One pattern per word for counting each; the same whole-word matching as `has_reflection`.
 _REFLECTION_WORD_RES = {
     word: re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE) for word in REFLECTION_WORDS
 }
@@ -111,7 +123,7 @@ def maj_at_k(labels: Sequence[int | None], correct: Sequence[bool], k: int) -> b
 
 def reflection_counts(text: str) -> dict[str, int]:
     """Occurrences of each of SimpleRL-Zoo's reflection keywords (`REFLECTION_WORDS`) as whole
-    words in any case, the same matching as the trainer's `has_reflection`."""
+    words in any case, the same matching as `has_reflection`."""
     return {word: len(pattern.findall(text)) for word, pattern in _REFLECTION_WORD_RES.items()}
 
 

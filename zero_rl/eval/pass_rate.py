@@ -9,8 +9,8 @@ as 0 < rate < 1 is what let zero RL start on weak base models (arXiv:2503.18892,
 interrupted run resumes where it stopped; then it writes the kept records in their source
 format, for `data.train` to point at. `launch/filter_difficulty.py` is its command line.
 
-Unlike the rest of `zero_rl.data` this module imports JAX (for the sampler); it is not imported
-by `zero_rl.data` itself.
+It samples and grades a policy as evaluation does, so it lives with evaluation; the band
+itself (`zero_rl.data.filter_by_pass_rate`) is a data rule.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""The policy to evaluate: parameters from a trainer checkpoint or an HF model directory, the
-run config and model config they belong to, the tokenizer, and a fingerprint that tells one
-policy's parameters from another's."""
+"""The policy to evaluate or sample: parameters from a trainer checkpoint or an HF model
+directory, the run description they belong to (template, stops, model, tokenizer), and a
+fingerprint that tells one policy's parameters from another's."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -14,27 +13,42 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from zero_rl import config as config_lib
 from zero_rl import sharding
+from zero_rl.checkpoint import Checkpointer
+from zero_rl.describe import RunDescription, describe_run, read_description
 from zero_rl.models import ModelConfig, abstract_params, from_hf, param_shardings
-from zero_rl.models.hf import config_from_hf
-from zero_rl.tokenizer import Tokenizer, load_tokenizer
-from zero_rl.train import config as config_lib
-from zero_rl.train.config import tokenizer_path
+from zero_rl.tokenizer import Tokenizer
 
 
 class Policy(NamedTuple):
-    """A policy ready for `run_benchmarks`; `step` is the checkpoint's (0 for an HF model)."""
+    """Parameters with what sampling them needs: the run's description (template, stops,
+    model, tokenizer) and the config they are used under. `step` is the checkpoint's (0 for an
+    HF model); `meta` the checkpoint's metadata ({"step", "data", "metrics"}; {} for HF)."""
 
     graphdef: nnx.GraphDef
     params: nnx.State
-    tokenizer: Tokenizer
+    description: RunDescription
+    config: ml_collections.ConfigDict
     step: int
     source: str  # where it came from, for logs
     fingerprint: str  # `params_fingerprint(params)`: what a resumed evaluation must match
+    meta: Mapping[str, Any]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.description.tokenizer
+
+    @property
+    def template(self) -> str:
+        return self.description.template
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return self.description.stop_token_ids
 
 
 def checkpoint_directory(path: str) -> str:
@@ -42,6 +56,8 @@ def checkpoint_directory(path: str) -> str:
     is the run's workdir."""
     if os.path.isdir(os.path.join(path, "checkpoints")):
         return os.path.join(path, "checkpoints")
+    if os.path.isfile(os.path.join(path, "config.json")):  # a workdir, before its first save
+        raise FileNotFoundError(f"run {path!r} has no checkpoints directory")
     if os.path.isdir(path):
         return path
     raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
@@ -67,20 +83,24 @@ def restore_params(
       directory: the run's workdir or its `checkpoints` directory.
       step: a saved step; default the latest.
     """
-    directory = os.path.abspath(checkpoint_directory(directory))
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
-    try:
-        return _restore(manager, directory, model_cfg, step, mesh, rules)
-    finally:
-        manager.close()
+    with Checkpointer(checkpoint_directory(directory), read_only=True) as checkpoints:
+        return _restore(checkpoints, model_cfg, step, mesh, rules)
 
 
-def _restore(manager, directory, model_cfg, step, mesh, rules):
-    steps = sorted(manager.all_steps())
+def read_checkpoint_meta(directory: str, step: int) -> dict:
+    """The metadata saved with a trainer checkpoint's `step` ({"step", "data", "metrics"})."""
+    with Checkpointer(checkpoint_directory(directory), read_only=True) as checkpoints:
+        return checkpoints.restore_meta(step)
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """The steps saved in a run's workdir or `checkpoints` directory, ascending."""
+    with Checkpointer(checkpoint_directory(directory), read_only=True) as checkpoints:
+        return checkpoints.all_steps()
+
+
+def _restore(checkpoints: Checkpointer, model_cfg, step, mesh, rules):
+    directory, steps = checkpoints.directory, checkpoints.all_steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoints in {directory}")
     step = steps[-1] if step is None else step
@@ -106,24 +126,15 @@ def _restore(manager, directory, model_cfg, step, mesh, rules):
             )
         return jax.ShapeDtypeStruct(leaf.shape, expected[key].dtype, sharding=shardings[key])
 
-    state_metadata = manager.item_metadata(step)["state"]
-    on_disk = state_metadata.tree if hasattr(state_metadata, "tree") else state_metadata
+    on_disk = checkpoints.state_structure(step)
     if "params" not in on_disk:
         raise ValueError(f"checkpoint {directory}/{step} has no params (keys {list(on_disk)})")
+    # The optimizer state is not needed to evaluate: only the params are read.
     item = {"params": jax.tree_util.tree_map_with_path(target, on_disk["params"])}
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,  # the optimizer state is not needed to evaluate
-            )
-        ),
-    )
+    restored = checkpoints.restore_subtree(step, item)
     flat_restored = {
         _strip_value(tuple(str(k.key) for k in path)): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(restored["state"]["params"])[0]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored["params"])[0]
     }
     if missing := sorted(set(expected) - set(flat_restored)):
         raise ValueError(f"checkpoint lacks parameters {['/'.join(m) for m in missing[:5]]}")
@@ -131,51 +142,6 @@ def _restore(manager, directory, model_cfg, step, mesh, rules):
         lambda path, var: var.replace(flat_restored[tuple(map(str, path))]), abstract
     )
     return step, graphdef, params
-
-
-def _read_hf_config(directory: str) -> Mapping[str, Any]:
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HF model directory {directory!r} has no config.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def run_model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> ModelConfig:
-    """The ModelConfig a trainer run used: its preset or dims, else its starting HF model's."""
-    m = config.model
-    if not m.preset and not m.dims and m.hf_path:
-        hf_cfg = config_from_hf(_read_hf_config(m.hf_path))
-        return hf_cfg.replace(dtype=m.dtype, param_dtype=m.param_dtype)
-    return config_lib.model_config(config, tokenizer.vocab_size)
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a trainer run was started with, read back from `workdir/config.json`.
-
-    The saved values go over today's defaults (`base_config()`), so a key added to the schema
-    since the run has its default. The result is unlocked, to be changed before use.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir!r} is not a run directory: it has no config.json")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        is_hf = isinstance(saved, dict) and "model_type" in saved
-        hint = " (an HF model's config? use --hf_model)" if is_hf else ""
-        raise ValueError(f"{path} is not a trainer run's config{hint}: it has no model section")
-    config = config_lib.base_config()
-    _overlay(config, saved)
-    return config
-
-
-def _overlay(node: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> None:
-    for key, value in saved.items():
-        if isinstance(node.get(key), ml_collections.ConfigDict) and isinstance(value, dict):
-            _overlay(node[key], value)
-        else:
-            node[key] = value
 
 
 # The config keys that decide which parameters and tokenizer a checkpoint is read with.
@@ -202,15 +168,6 @@ def policy_config_conflicts(
     ]
 
 
-def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """`config.<dotted key> = value`, as a `--config.a.b=v` override sets it."""
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
-    node[leaf] = value
-
-
 def saved_run_directory(checkpoint: str) -> str | None:
     """The trainer workdir behind `checkpoint` (the workdir or its `checkpoints` directory)
     when it holds the run's `config.json`, else None (checkpoints copied on their own)."""
@@ -225,6 +182,66 @@ def saved_run_directory(checkpoint: str) -> str | None:
     return None
 
 
+def run_config(
+    given: ml_collections.ConfigDict,
+    *,
+    checkpoint: str | None,
+    overrides: Mapping[str, Any],
+    given_explicitly: bool,
+) -> tuple[ml_collections.ConfigDict, str]:
+    """The config to use a policy under, and where it came from (for logs).
+
+    A trainer workdir given as `checkpoint` holds the run's config.json: that is the config,
+    with `overrides` (`--config.x=y`: mesh, model dtype, sampling, reward rules, ...) set on
+    it. An explicit `given` config (`given_explicitly`) is used instead only when it agrees
+    with the saved one on `POLICY_CONFIG_KEYS`, which pick the parameters and tokenizer;
+    otherwise it is an error. Without a saved config (an HF model, checkpoints copied on their
+    own), `given` is the config.
+    """
+    run_dir = saved_run_directory(checkpoint) if checkpoint else None
+    if run_dir is None:
+        return given, "--config"
+    saved = config_lib.load_run_config(run_dir)
+    for key, value in overrides.items():
+        config_lib.set_key(saved, key, value)
+    saved.lock()
+    if not given_explicitly:
+        return saved, os.path.join(run_dir, "config.json")
+    if conflicts := policy_config_conflicts(saved, given):
+        raise ValueError(
+            f"--config disagrees with the run's {run_dir}/config.json on "
+            f"{'; '.join(conflicts)} (saved vs --config): drop --config to use the saved "
+            "config, or make them agree"
+        )
+    return given, "--config"
+
+
+def describe_policy(
+    config: ml_collections.ConfigDict,
+    *,
+    checkpoint: str | None = None,
+    hf_model: str | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> RunDescription:
+    """The description of the policy in a trainer checkpoint or an HF model directory, under
+    `config`: a checkpoint in a run's workdir is described by what training wrote there
+    (`read_description`), with `config`'s `data.template` / `tokenizer.path` overrides; an HF
+    model or checkpoints copied on their own by `describe_run`."""
+    if (checkpoint is None) == (hf_model is None):
+        raise ValueError("give exactly one of a checkpoint directory or an HF model directory")
+    if hf_model is not None:
+        if not os.path.isfile(os.path.join(hf_model, "config.json")):
+            raise FileNotFoundError(
+                f"HF model directory {hf_model!r} "
+                + ("has no config.json" if os.path.isdir(hf_model) else "does not exist")
+            )
+        return describe_run(config, hf_model=hf_model, tokenizer=tokenizer)
+    run_dir = saved_run_directory(checkpoint)
+    if run_dir is None:
+        return describe_run(config, tokenizer=tokenizer)
+    return read_description(run_dir, config, tokenizer=tokenizer)
+
+
 def load_policy(
     config: ml_collections.ConfigDict,
     *,
@@ -233,33 +250,33 @@ def load_policy(
     step: int | None = None,
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
-    tokenizer: Tokenizer | None = None,
+    description: RunDescription | None = None,
 ) -> Policy:
     """The policy in exactly one of a trainer checkpoint (with the run's `config`, e.g.
-    `load_run_config(workdir)`) or an HF model directory (with `config.model.dtype` /
-    `param_dtype`). The tokenizer is `tokenizer_path(config, hf_model)`'s, unless given.
+    `load_run_config(workdir)`) or an HF model directory, computed in `config.model.dtype`
+    and stored in `param_dtype`. `description` defaults to `describe_policy`'s.
     """
-    if (checkpoint is None) == (hf_model is None):
-        raise ValueError("give exactly one of a checkpoint directory or an HF model directory")
     if step is not None and checkpoint is None:
         raise ValueError("a step applies to a trainer checkpoint, not to an HF model")
-    if hf_model is not None and not os.path.isdir(hf_model):
-        raise FileNotFoundError(f"HF model directory {hf_model!r} does not exist")
-    if tokenizer is None:
-        tokenizer = load_tokenizer(tokenizer_path(config, hf_model))
+    if description is None:
+        description = describe_policy(config, checkpoint=checkpoint, hf_model=hf_model)
     if hf_model is not None:
-        _read_hf_config(hf_model)  # a clear error before from_hf's
         model = from_hf(hf_model, mesh=mesh, rules=rules, dtype=config.model.dtype,
                         param_dtype=config.model.param_dtype)  # fmt: skip
         graphdef, params = nnx.split(model)
         source = f"HF model {os.path.abspath(hf_model)}"
-        return Policy(graphdef, params, tokenizer, 0, source, params_fingerprint(params))
-    model_cfg = run_model_config(config, tokenizer)
+        return Policy(graphdef, params, description, config, 0, source,
+                      params_fingerprint(params), {})  # fmt: skip
+    model_cfg = description.model.replace(
+        dtype=config.model.dtype, param_dtype=config.model.param_dtype
+    )
     step, graphdef, params = restore_params(
         checkpoint, model_cfg, step=step, mesh=mesh, rules=rules
     )
+    meta = read_checkpoint_meta(checkpoint, step)
     source = f"checkpoint {os.path.abspath(checkpoint)} step {step}"
-    return Policy(graphdef, params, tokenizer, step, source, params_fingerprint(params))
+    return Policy(graphdef, params, description, config, step, source,
+                  params_fingerprint(params), meta)  # fmt: skip
 
 
 # Knuth's multiplicative-hash constant and two of xxHash32's primes, all odd: multiplying by an

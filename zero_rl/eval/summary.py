@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from zero_rl.eval import metrics
+from zero_rl.eval.metrics import REFLECTION_WORDS
 from zero_rl.eval.store import GENERATIONS, OutputDirError, write_json
 from zero_rl.rewards import Verdict
-from zero_rl.train.metrics import SummaryWriter
-from zero_rl.train.rollout import REFLECTION_WORDS
+from zero_rl.summaries import SummaryWriter
 
 SUMMARY = "summary.json"
 # The settings that identify the policy: benchmarks of one summary.json must agree on them.

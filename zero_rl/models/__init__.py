@@ -36,7 +36,7 @@ from zero_rl.models.hf import from_hf, to_hf
 from zero_rl.models.hf_config import config_from_hf, hf_config, read_config_json
 from zero_rl.models.params import abstract_params, create_model, logical_axes, param_shardings
 from zero_rl.models.transformer import (
-    KVCache,
+    DecodeCache,
     Transformer,
     apply,
     logprobs_from_hidden,
@@ -47,7 +47,7 @@ from zero_rl.models.transformer import (
 __all__ = [
     "ARCHITECTURE_FIELDS",
     "PRESETS",
-    "KVCache",
+    "DecodeCache",
     "ModelConfig",
     "RopeScaling",
     "Transformer",

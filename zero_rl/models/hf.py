@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -320,12 +319,6 @@ def _hf_layout(param, layer, *, tensor: _Tensor, dtype: str):
     return tensor.to_hf(x).astype(dtype)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _shard_plan(entries: list[tuple], max_bytes: int) -> list[list[tuple]]:
     """Greedy split of entries (..., nbytes) into shards of <= max_bytes; like HF, a tensor larger
     than that gets a shard of its own."""
@@ -456,7 +449,8 @@ def to_hf(
             for tensor, layer, name, _ in shard:
                 param = params[tensor.path].get_value()
                 # Every process joins the gather of a multi-host array; only process 0 writes.
-                arrays[name] = _to_host(_hf_layout(param, layer or 0, tensor=tensor, dtype=dtype))
+                layout = _hf_layout(param, layer or 0, tensor=tensor, dtype=dtype)
+                arrays[name] = np.asarray(sharding.gather_to_host(layout))
                 weight_map[name] = file
             if writer:
                 save_file(arrays, staging / file, metadata={"format": "pt"})

@@ -275,55 +275,31 @@ class Attention(nnx.Module):
         rope: tuple[jax.Array, jax.Array],
         *,
         segment_ids_bt: jax.Array | None = None,
-        cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-        cache_index: jax.Array | int = 0,
-        layer: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Self-attention of x [batch, time, embed] -> ([batch, time, embed], keys/values).
 
         `positions_bt` [batch, time] (-1 on padding) decide what attends to what (see
         `attention_mask`); `rope` is `rope_cos_sin(positions_bt, ...)`.
 
-        Without a cache the keys are this call's own tokens, and the second output is this
-        call's keys and values [batch, time, kv_heads, head_dim] (the sampler's prefill keeps
-        them as its cache). With `cache = (k_lbskh, v_lbskh, pos_bs)` (all layers' keys/values
-        [layers, batch, cache_len, kv_heads, head_dim] and the slot positions, already holding
-        this call's), the new keys/values are written into slots [cache_index, cache_index + t)
-        of `layer`, the queries attend over that layer's cache, and the second output is the
-        updated (k_lbskh, v_lbskh).
+        The keys are this call's own tokens, and the second output is their keys and values
+        [batch, time, kv_heads, head_dim] (the sampler's prefill keeps them as its cache;
+        decoding over a cache is `decode`).
         """
         cfg = self.cfg
         q_btnh, k_btkh, v_btkh = self._qkv(x_btd, rope)
         q_btnh = constrain(q_btnh, ("batch", "length", "heads", "head_dim"))
-        if cache is None:
-            keys_bskh, values_bskh, k_pos_bs = k_btkh, v_btkh, positions_bt
-            new_cache, k_seg_bs = (k_btkh, v_btkh), segment_ids_bt
-        else:
-            if segment_ids_bt is not None:
-                raise ValueError(
-                    "segment_ids_bt cannot be used with a KV cache: the cache keeps no segment "
-                    "ids, so packed documents would attend to each other"
-                )
-            k_lbskh, v_lbskh, k_pos_bs = cache
-            start = (layer, 0, cache_index, 0, 0)
-            dt = k_lbskh.dtype
-            k_lbskh = jax.lax.dynamic_update_slice(k_lbskh, k_btkh[None].astype(dt), start)
-            v_lbskh = jax.lax.dynamic_update_slice(v_lbskh, v_btkh[None].astype(dt), start)
-            keys_bskh = jax.lax.dynamic_index_in_dim(k_lbskh, layer, keepdims=False)
-            values_bskh = jax.lax.dynamic_index_in_dim(v_lbskh, layer, keepdims=False)
-            new_cache, k_seg_bs = (k_lbskh, v_lbskh), None
         out_btnh = attend(
             q_btnh,
-            keys_bskh.astype(q_btnh.dtype),
-            values_bskh.astype(q_btnh.dtype),
+            k_btkh.astype(q_btnh.dtype),
+            v_btkh.astype(q_btnh.dtype),
             positions_bt,
-            k_pos_bs,
+            positions_bt,
             q_segment_bt=segment_ids_bt,
-            k_segment_bs=k_seg_bs,
+            k_segment_bs=segment_ids_bt,
             sliding_window=cfg.sliding_window,
             query_chunk=cfg.attention_chunk if cfg.attention == "chunked" else 0,
         )
-        return self._out(out_btnh), new_cache
+        return self._out(out_btnh), (k_btkh, v_btkh)
 
     def decode(
         self,

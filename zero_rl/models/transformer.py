@@ -34,30 +34,6 @@ _REMAT_POLICIES = {
 }
 
 
-class KVCache(NamedTuple):
-    """Keys/values of all layers, `[layers, batch, cache_len, kv_heads, head_dim]`, and the
-    position held by each slot, `pos_bs` [batch, cache_len] (-1 for an empty or padding slot)."""
-
-    k: jax.Array
-    v: jax.Array
-    pos_bs: jax.Array
-
-    @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
-        """A cache of `length` empty slots per row: zero keys/values
-        [layers, batch, length, kv_heads, head_dim] in `dtype` (default: the compute dtype) and
-        positions [batch, length] of -1."""
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        dtype = dtype or cfg.compute_dtype
-        return cls(
-            jnp.zeros(shape, dtype),
-            jnp.zeros(shape, dtype),
-            jnp.full((batch, length), -1, jnp.int32),
-        )
-
-    LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
-
-
 class DecodeCache(NamedTuple):
     """The KV cache as the sampler's decode loop holds it, in groups of layers and chunks of
     slots: `k[group][chunk]` and `v[group][chunk]` are [batch, kv_heads, slots, head_dim] for a
@@ -150,48 +126,16 @@ class Transformer(nnx.Module):
         tokens_bt: jax.Array,
         positions_bt: jax.Array | None = None,
         segment_ids_bt: jax.Array | None = None,
-        *,
-        cache: KVCache | None = None,
-        cache_index: jax.Array | int = 0,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [batch, time, embed] and the updated cache (if given).
+    ) -> jax.Array:
+        """Final-norm hidden states [batch, time, embed].
 
         tokens_bt, positions_bt, segment_ids_bt: [batch, time] (positions default to 0, 1, ...;
-        -1 marks padding). With a cache, this call's tokens fill slots
-        [cache_index, cache_index + time) and attend over the whole cache; segment ids cannot be
-        combined with a cache.
+        -1 marks padding). Decoding over a KV cache is `prefill` then `decode_step`.
         """
-        cfg = self.cfg
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-        x_btd = self._embed(tokens_bt)
-        if cache is None:
-            x_btd = self._trunk(self.layers, x_btd, positions_bt, segment_ids_bt)
-            return self.final_norm(x_btd), None
-        rope = rope_cos_sin(positions_bt, rope_inv_frequencies(cfg))
-        graphdef, layer_params = nnx.split(self.layers)
-        pos_bs = jax.lax.dynamic_update_slice_in_dim(
-            cache.pos_bs, positions_bt.astype(jnp.int32), cache_index, 1
-        )
-
-        def body(carry, layer_state):
-            x_btd, k_lbskh, v_lbskh, layer = carry
-            block = nnx.merge(graphdef, layer_state)
-            x_btd, (k_lbskh, v_lbskh) = block(
-                x_btd,
-                positions_bt,
-                rope,
-                segment_ids_bt=segment_ids_bt,
-                cache=(k_lbskh, v_lbskh, pos_bs),
-                cache_index=cache_index,
-                layer=layer,
-            )
-            return (x_btd, k_lbskh, v_lbskh, layer + 1), None
-
-        (x_btd, k_lbskh, v_lbskh, _), _ = jax.lax.scan(
-            body, (x_btd, cache.k, cache.v, jnp.int32(0)), layer_params
-        )
-        return self.final_norm(x_btd), KVCache(k_lbskh, v_lbskh, pos_bs)
+        x_btd = self._trunk(self.layers, self._embed(tokens_bt), positions_bt, segment_ids_bt)
+        return self.final_norm(x_btd)
 
     def prefill(
         self, tokens_bt: jax.Array, positions_bt: jax.Array
@@ -404,17 +348,10 @@ class Transformer(nnx.Module):
         tokens_bt: jax.Array,
         positions_bt: jax.Array | None = None,
         segment_ids_bt: jax.Array | None = None,
-        *,
-        cache: KVCache | None = None,
-        cache_index: jax.Array | int = 0,
-    ):
-        """Logits [batch, time, vocab] (float32) of tokens [batch, time]; with a cache, returns
-        (logits, new cache). Arguments as `hidden_states`."""
-        hidden_btd, new_cache = self.hidden_states(
-            tokens_bt, positions_bt, segment_ids_bt, cache=cache, cache_index=cache_index
-        )
-        logits_btv = self.logits(hidden_btd)
-        return logits_btv if cache is None else (logits_btv, new_cache)
+    ) -> jax.Array:
+        """Logits [batch, time, vocab] (float32) of tokens [batch, time]; arguments as
+        `hidden_states`."""
+        return self.logits(self.hidden_states(tokens_bt, positions_bt, segment_ids_bt))
 
 
 def logprobs_from_hidden(
@@ -473,7 +410,7 @@ def token_logprobs(
     """Teacher-forced log p(tokens[:, i+1] | tokens[:, :i+1]), aligned to the *target*: entry
     [b, i] is the log-prob of token i (entry [b, 0] is 0). Returns ([batch, time], entropy|None).
     """
-    hidden, _ = model.hidden_states(tokens_bt, positions_bt, segment_ids_bt)
+    hidden = model.hidden_states(tokens_bt, positions_bt, segment_ids_bt)
     logp, ent = logprobs_from_hidden(
         hidden[:, :-1],
         model.head_weight(),

@@ -1,7 +1,7 @@
 """Rule-based verifier and rewards: answer extraction, equivalence, a timed process pool, rewards.
 
 Host-only Python (no JAX). A train step calls `score(responses, answers, config=...)` between
-generation and the update; `python -m zero_rl.verify` grades saved outputs offline.
+generation and the update; `python -m zero_rl.tools.verify` grades saved outputs offline.
 """
 
 from zero_rl.rewards.equivalence import (

@@ -4,7 +4,9 @@ Pure functions of arrays with static keyword options, meant to be called inside 
 """
 
 from zero_rl.rl.advantages import (
+    CRITICS,
     ESTIMATORS,
+    GROUP_ESTIMATORS,
     REINFORCE_PP_ESTIMATORS,
     broadcast_to_tokens,
     compute_advantages,
@@ -30,7 +32,9 @@ from zero_rl.rl.masking import last_token_mask, masked_whiten, sequence_mean_bt
 
 __all__ = [
     "AGGREGATIONS",
+    "CRITICS",
     "ESTIMATORS",
+    "GROUP_ESTIMATORS",
     "KL_ESTIMATORS",
     "RATIO_LEVELS",
     "REINFORCE_PP_ESTIMATORS",

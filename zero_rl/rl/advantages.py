@@ -21,9 +21,14 @@ from zero_rl.rl.masking import (
     zero_outside,
 )
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+# Estimators from the rewards of a prompt's group of samples alone (`compute_advantages`).
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+# Every `rl.estimator`: the group estimators, and PPO's "gae" with a learned critic (`gae`).
+ESTIMATORS = (*GROUP_ESTIMATORS, "gae")
 # Estimators whose training advantages are per token (`reinforce_pp_advantages`).
 REINFORCE_PP_ESTIMATORS = ("reinforce_pp", "reinforce_pp_baseline")
+# Where PPO's critic lives: a value head on the policy's trunk, or a trunk of its own.
+CRITICS = ("shared", "separate")
 
 
 def zero_signal_groups(rewards_pg: jax.Array) -> jax.Array:
@@ -107,7 +112,7 @@ def compute_advantages(
 
     Args:
       rewards_pg: [prompts, group] rewards.
-      estimator: one of ESTIMATORS.
+      estimator: one of GROUP_ESTIMATORS.
       eps: added to the std before dividing.
       std_ddof: delta degrees of freedom of the GRPO group std.
       group_mask_p: optional [prompts] 1/0 marking real groups (fixed-shape batches may carry
@@ -117,7 +122,7 @@ def compute_advantages(
       `(advantages_pg, stats)`: advantages of shape [prompts, group]; stats holds scalar
       reward_mean, reward_std, zero_signal_groups (count) and zero_signal_frac over real groups.
     """
-    check_choice("advantage estimator", estimator, ESTIMATORS)
+    check_choice("advantage estimator", estimator, GROUP_ESTIMATORS)
     _check_rewards(rewards_pg)
     num_prompts, group_size = rewards_pg.shape
     if estimator == "grpo" and group_size - std_ddof <= 0:

@@ -2,7 +2,8 @@
 and plot or compare runs.
 
 Everything here reads what `zero_rl.train.loop.train(config, workdir)` writes: `config.json`
-(read by `load_run_config`, as launch/eval.py reads it), TensorBoard events in `tb/`, orbax
+(read by `load_run_config`, as launch/eval.py reads it), `run.json` (the template, stops, model
+and tokenizer: `zero_rl.describe`), TensorBoard events in `tb/`, orbax
 checkpoints in `checkpoints/<step>/` and the SFT stage in `sft/`. The notebooks in
 `notebooks/` are built on it.
 """
@@ -11,27 +12,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
-from flax import nnx
 
 from zero_rl import sharding
-from zero_rl.data import apply_template, default_template
-from zero_rl.data.templates import stop_token_ids
-from zero_rl.eval.policy import (  # noqa: F401 - load_run_config is part of this module's API
-    load_run_config,
-    restore_params,
-    run_model_config,
-    tokenizer_path,
-)
-from zero_rl.sampling import finish_responses, generate, with_template_stops
-from zero_rl.tokenizer import Tokenizer, load_tokenizer
-from zero_rl.train.config import sampling_options
+from zero_rl.config import load_run_config
+from zero_rl.data import apply_template
+from zero_rl.eval.policy import Policy, checkpoint_steps, load_policy
+from zero_rl.sampling import finish_responses, generate
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+__all__ = [
+    "Policy",
+    "checkpoint_steps",
+    "config_diff",
+    "config_path",
+    "load_run_config",
+    "markdown_table",
+    "plot_curves",
+    "restore_policy",
+    "sample",
+]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS_DIR = os.path.join(_REPO, "configs")
 
 
 def config_path(name: str) -> str:
@@ -45,65 +50,19 @@ def config_path(name: str) -> str:
     return path
 
 
-def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"run {workdir!r} has no checkpoints directory")
-    return ocp.CheckpointManager(directory, item_names=("state", "meta"))
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-    """The steps saved in a run's `checkpoints/`, ascending."""
-    manager = _checkpoint_manager(workdir)
-    try:
-        return sorted(manager.all_steps())
-    finally:
-        manager.close()
-
-
-class Policy(NamedTuple):
-    """A run's policy at one checkpoint, with what sampling needs to prompt it as training did."""
-
-    graphdef: nnx.GraphDef
-    params: nnx.State
-    tokenizer: Tokenizer
-    template: str  # prompt template name (zero_rl.data.templates)
-    stop_token_ids: tuple[int, ...]
-    step: int
-    meta: dict  # the checkpoint's metadata: {"step", "data", "metrics"}
-    config: ml_collections.ConfigDict
-
-
 def restore_policy(
     workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None
 ) -> Policy:
-    """The policy saved at `step` (default: the latest) of the run in `workdir`.
+    """The policy saved at `step` (default: the latest) of the run in `workdir`, with the
+    template, stops and tokenizer training used (the run's `run.json`).
 
     Only the parameters are read, not the optimizer moments (twice their size), straight onto
     `mesh`, which defaults to FSDP over the local devices whatever mesh the run trained on.
     """
-    config = load_run_config(workdir)
-    tokenizer = load_tokenizer(tokenizer_path(config))
-    template = config.data.template or default_template(config.model.preset or "tiny")
-    model_cfg = run_model_config(config, tokenizer)
-    step, graphdef, params = restore_params(
-        workdir, model_cfg, step=step, mesh=sharding.make_mesh() if mesh is None else mesh
-    )
-    manager = _checkpoint_manager(workdir)
-    try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    finally:
-        manager.close()
-    return Policy(
-        graphdef=graphdef,
-        params=params,
-        tokenizer=tokenizer,
-        template=template,
-        stop_token_ids=tuple(stop_token_ids(tokenizer, template)),
-        step=step,
-        meta=dict(meta),
-        config=config,
-    )
+    return load_policy(
+        load_run_config(workdir), checkpoint=workdir, step=step,
+        mesh=sharding.make_mesh() if mesh is None else mesh,
+    )  # fmt: skip
 
 
 def sample(
@@ -124,7 +83,7 @@ def sample(
     if isinstance(questions, str):
         raise TypeError("sample takes a list of questions, got a single str")
     tokenizer = policy.tokenizer
-    options = with_template_stops(sampling_options(policy.config), tokenizer, policy.template)
+    options = policy.description.sampling_options(policy.config)
     budgets = None
     if isinstance(max_new_tokens, Sequence):
         if len(max_new_tokens) != len(questions):
@@ -135,7 +94,6 @@ def sample(
     options = options.replace(
         max_new_tokens=max_new_tokens or options.max_new_tokens,
         temperature=options.temperature if temperature is None else temperature,
-        stop_token_ids=tuple(dict.fromkeys(options.stop_token_ids + policy.stop_token_ids)),
     )
     prompts = tokenizer.batch_encode(
         [apply_template(policy.template, q) for q in questions],

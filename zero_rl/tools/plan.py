@@ -31,14 +31,15 @@ import optax
 from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
+from zero_rl import config as config_lib
 from zero_rl import sampler, sharding
-from zero_rl.models import KVCache, ModelConfig, abstract_params
+from zero_rl.models import DecodeCache, ModelConfig, abstract_params
+from zero_rl.optim import make_optimizer, sharded_init
 from zero_rl.sampling import engine
 from zero_rl.sampling.engine import EngineStatic
-from zero_rl.train import config as config_lib
-from zero_rl.train.optim import make_optimizer, sharded_init
-from zero_rl.train.rl_step import Rollout, UpdateOptions, rollout_logprobs, update
+from zero_rl.train.batch import Rollout, rollout_logprobs
 from zero_rl.train.run import update_options
+from zero_rl.train.update import UpdateOptions, update
 
 GB = 1e9  # device memory is quoted in GB (1e9 bytes) by the TPU and GPU spec sheets
 
@@ -249,8 +250,8 @@ def state_bytes(config: ml_collections.ConfigDict, mesh, rules=None) -> dict[str
     rows = _cache_rows(config, arrays.prompts_bt.shape[0])
     length = rollout_bt.shape[1]
     rows_bt = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=rollout_bt.sharding)
-    cache_shape = (cfg.num_layers, rows, length, cfg.num_kv_heads, cfg.head_dim)
-    kv = sharding.named_sharding(KVCache.LOGICAL_AXES, cache_shape, mesh, rules)
+    cache_shape = (cfg.num_layers, rows, cfg.num_kv_heads, length, cfg.head_dim)
+    kv = sharding.named_sharding(DecodeCache.LOGICAL_AXES, cache_shape, mesh, rules)
     cache = jax.ShapeDtypeStruct(cache_shape, cfg.compute_dtype, sharding=kv)
     params = per_device_bytes(arrays.params)
     return {

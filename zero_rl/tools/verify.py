@@ -1,7 +1,7 @@
 """Grade any model's outputs offline.
 
-    python -m zero_rl.verify < outputs.jsonl > verdicts.jsonl
-    python -m zero_rl.verify --input outputs.jsonl --mode format_aware --dataset gsm8k
+    python -m zero_rl.tools.verify < outputs.jsonl > verdicts.jsonl
+    python -m zero_rl.tools.verify --input outputs.jsonl --mode format_aware --dataset gsm8k
 
 Reads JSONL lines `{"response": str, "answer": str | number | list}` (answers in any dataset
 format `normalize_gold` accepts) and writes one line per input line, in order:
@@ -62,7 +62,7 @@ def read_examples(stream: TextIO, dataset: str | None) -> list[tuple[str, str]]:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m zero_rl.verify", description=__doc__.split("\n")[0]
+        prog="python -m zero_rl.tools.verify", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--input", help="JSONL file to grade (default: stdin)")
     parser.add_argument("--output", help="where to write verdicts (default: stdout)")

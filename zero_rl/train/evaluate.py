@@ -10,11 +10,11 @@ import numpy as np
 from tqdm import tqdm
 
 from zero_rl import sharding
+from zero_rl.data import encode_batch
 from zero_rl.data.records import Example
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score
 from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.rollout import encode_batch
 
 
 @dataclasses.dataclass

@@ -18,27 +18,28 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from zero_rl import config as config_lib
 from zero_rl import sharding
+from zero_rl.checkpoint import Checkpointer, any_process
 from zero_rl.data import (
     PromptIterator,
     get_template,
 )
 from zero_rl.data.synthetic import sft_pairs
+from zero_rl.describe import write_description
+from zero_rl.eval import run_benchmarks
 from zero_rl.models import abstract_params, create_model, from_hf
 from zero_rl.models.config import RUNTIME_FIELDS
+from zero_rl.optim import sharded_init
 from zero_rl.rewards import VerifierPool
-from zero_rl.train import config as config_lib
-from zero_rl.train.checkpoint import Checkpointer, any_process
+from zero_rl.summaries import SummaryWriter
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import (
     CompileCounter,
-    SummaryWriter,
     log_samples,
     progress_line,
     step_metrics,
 )
-from zero_rl.train.optim import sharded_init
-from zero_rl.train.rl_step import update
 from zero_rl.train.rollout import RolloutCollector, collect
 from zero_rl.train.run import (
     Run,
@@ -48,6 +49,7 @@ from zero_rl.train.run import (
     save_config,
     show_progress,
 )
+from zero_rl.train.update import update
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,6 @@ log = logging.getLogger(__name__)
 def _run_benchmarks(run: Run, params, step, *, writer, pool) -> None:
     """The chosen benchmarks (`config.eval`), one output directory per step; TensorBoard gets
     `eval/<benchmark>/accuracy` and friends."""
-    from zero_rl.eval import run_benchmarks  # noqa: PLC0415 - only when benchmarks are asked for
-
     config, e = run.config, run.config.eval
     run_benchmarks(
         run.graphdef, params, tokenizer=run.tokenizer, benchmarks=benchmark_names(config),
@@ -227,6 +227,8 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     is_main = jax.process_index() == 0
     run = resolve(config, workdir)
     save_config(config, workdir, is_main)  # a config that fails to resolve leaves no trace
+    if is_main:  # what evaluation and the notebooks sample the run's checkpoints with
+        write_description(run.description, workdir)
     rl = config.rl
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpoint)  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Iterator, Sequence
 
@@ -21,27 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from zero_rl import sharding
-from zero_rl.data.iterator import make_prompt_batch
+from zero_rl.data.iterator import encode_batch
 from zero_rl.data.records import Example
 from zero_rl.data.templates import get_template
+from zero_rl.eval.metrics import has_reflection
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
 from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.rl_step import Rollout, assemble_sequences, rollout_logprobs
+from zero_rl.train.batch import Rollout, assemble_sequences, rollout_logprobs
 
 log = logging.getLogger(__name__)
-
-# SimpleRL-Zoo's reflection keywords (behaviour monitoring of "aha" moments).
-REFLECTION_WORDS = ("recheck", "rethink", "try again", "wait", "alternatively", "retry", "however")
-# Whole words only: "waiter", "awaited" or "retrying" are not reflection.
-REFLECTION_RE = re.compile(
-    r"\b(?:" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE
-)
-
-
-def has_reflection(text: str) -> bool:
-    """Whether `text` contains one of `REFLECTION_WORDS` as a whole word (any case)."""
-    return REFLECTION_RE.search(text) is not None
 
 
 def decode_responses(
@@ -96,32 +84,6 @@ class RolloutResult:
     # [groups, samples] this process's rewards on the host (the rollout's rewards_pg before
     # they moved to the device): dynamic sampling reads them without a copy back.
     host_rewards_pg: np.ndarray | None = None
-
-
-def encode_batch(
-    examples: Sequence[Example],
-    tokenizer: Tokenizer,
-    *,
-    template: str,
-    max_prompt_len: int,
-    rows: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded prompt tokens and positions [rows, max_prompt_len]; extra rows are empty
-    (position -1 everywhere), so every batch has one shape."""
-    batch = make_prompt_batch(
-        examples, tokenizer, template=template, max_len=max_prompt_len,
-        pad_to_multiple=max_prompt_len,
-    )  # fmt: skip
-    tokens, lengths = batch.tokens_bt, batch.lengths_b
-    rows = rows or len(examples)
-    tokens_bt = np.full((rows, max_prompt_len), tokenizer.pad_id, np.int32)
-    tokens_bt[: len(examples)] = tokens
-    lengths_b = np.zeros((rows,), np.int32)
-    lengths_b[: len(examples)] = lengths
-    steps = np.arange(max_prompt_len)[None, :]
-    first = max_prompt_len - lengths_b[:, None]
-    positions_bt = np.where(steps >= first, steps - first, -1).astype(np.int32)
-    return tokens_bt, positions_bt
 
 
 class RolloutCollector:

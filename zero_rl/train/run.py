@@ -15,22 +15,22 @@ import sys
 import jax
 import ml_collections
 
+from zero_rl import config as config_lib
 from zero_rl import sharding
 from zero_rl.data import (
     RecordError,
-    default_template,
     load_benchmark,
     read_examples,
     select_difficulty,
 )
 from zero_rl.data.synthetic import AdditionTask
+from zero_rl.describe import RunDescription, describe_run
+from zero_rl.eval.sets import load_eval_sets
 from zero_rl.models import abstract_params
-from zero_rl.sampling import SamplingOptions, template_stops
-from zero_rl.tokenizer import load_tokenizer
-from zero_rl.train import config as config_lib
-from zero_rl.train.optim import make_optimizer
-from zero_rl.train.rl_step import UpdateOptions
+from zero_rl.optim import make_optimizer
+from zero_rl.sampling import SamplingOptions
 from zero_rl.train.rollout import fit_prompts
+from zero_rl.train.update import UpdateOptions
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,12 @@ class Run:
 
     config: ml_collections.ConfigDict
     workdir: str
+    description: RunDescription  # template, stops, model and tokenizer: written to run.json
     mesh: jax.sharding.Mesh
     rules: tuple
     batch_sharding: jax.sharding.NamedSharding
-    tokenizer: object
-    template: str
-    stop_ids: list[int]
     train_examples: list
     eval_examples: list
-    model_cfg: object
     graphdef: object
     opts: UpdateOptions
     tx: object
@@ -153,6 +150,18 @@ class Run:
     reward_cfg: object
     sampling: SamplingOptions  # the rollout's, with the template's stops
     eval_sampling: SamplingOptions  # evaluation's (eval.temperature, eval_max_new_tokens)
+
+    @property
+    def tokenizer(self):
+        return self.description.tokenizer
+
+    @property
+    def template(self) -> str:
+        return self.description.template
+
+    @property
+    def model_cfg(self):
+        return self.description.model
 
     @property
     def needs_ref(self) -> bool:
@@ -167,9 +176,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding)
     opts = update_options(config, mesh)  # checks the RL options before any loading
-    tokenizer = load_tokenizer(config_lib.tokenizer_path(config))
-    model_cfg = config_lib.model_config(config, tokenizer.vocab_size)
-    template = config.data.template or default_model_template(config.model, model_cfg)
+    description = describe_run(config)
+    tokenizer, model_cfg, template = description.tokenizer, description.model, description.template
     log.info("prompt template: %s", template)
     max_len, drop = config.sampling.max_prompt_len, config.data.on_error == "skip"
     train_examples, eval_examples = (
@@ -178,8 +186,6 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
         for name, examples in zip(("data.train", "data.eval"), load_examples(config))
     )  # fmt: skip
     if config.eval.benchmarks:  # names and prompt lengths now, not after the SFT stage
-        from zero_rl.eval.sets import load_eval_sets  # noqa: PLC0415 - as in _run_benchmarks
-
         for eval_set in load_eval_sets(benchmark_names(config), limit=config.eval.limit or None):
             fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
                         max_prompt_len=max_len,
@@ -187,41 +193,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
     tx, schedule = make_optimizer(
         config.optim, config.total_steps * opts.epochs * opts.num_minibatches
     )
-    stop_ids, stop_strings = template_stops(tokenizer, template)
     return Run(
-        config=config, workdir=workdir, mesh=mesh, rules=rules,
+        config=config, workdir=workdir, description=description, mesh=mesh, rules=rules,
         batch_sharding=jax.sharding.NamedSharding(
             mesh, sharding.logical_to_spec(("batch", "length"), rules)
         ),
-        tokenizer=tokenizer, template=template, stop_ids=list(stop_ids),
-        train_examples=train_examples, eval_examples=eval_examples, model_cfg=model_cfg,
+        train_examples=train_examples, eval_examples=eval_examples,
         graphdef=abstract_params(model_cfg)[0], opts=opts, tx=tx, schedule=schedule,
         reward_cfg=config_lib.reward_config(config),
-        sampling=config_lib.sampling_options(config, stop_token_ids=stop_ids,
-                                             stop_strings=stop_strings),
-        eval_sampling=config_lib.sampling_options(config, evaluation=True,
-                                                  stop_token_ids=stop_ids,
-                                                  stop_strings=stop_strings),
+        sampling=description.sampling_options(config),
+        eval_sampling=description.sampling_options(config, evaluation=True),
     )  # fmt: skip
-
-
-def default_model_template(m: ml_collections.ConfigDict, model_cfg) -> str:
-    """SimpleRL-Zoo's template for the model: from the preset's name, else from the HF
-    checkpoint's directory name ("Qwen2.5-Math-7B"), else from its architecture."""
-    if m.preset:
-        return default_template(m.preset)
-    if not m.hf_path:
-        return default_template("tiny")
-    names = [os.path.basename(os.path.normpath(m.hf_path)), model_cfg.hf_architecture]
-    for name in names:
-        try:
-            template = default_template(name)
-        except ValueError:
-            continue
-        log.info("prompt template %s chosen from %r (set data.template to change it)",
-                 template, name)  # fmt: skip
-        return template
-    raise ValueError(f"no default template for {names}; set data.template")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> None:

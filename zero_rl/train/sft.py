@@ -28,12 +28,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zero_rl import sharding
+from zero_rl.checkpoint import Checkpointer
 from zero_rl.data.records import RecordError, _iter_records
 from zero_rl.models import Transformer, param_shardings, token_logprobs
+from zero_rl.optim import make_optimizer, sharded_init
+from zero_rl.summaries import SummaryWriter
 from zero_rl.tokenizer import Tokenizer
-from zero_rl.train.checkpoint import Checkpointer
-from zero_rl.train.metrics import CompileCounter, SummaryWriter
-from zero_rl.train.optim import make_optimizer, sharded_init
+from zero_rl.train.metrics import CompileCounter
 from zero_rl.train.packing import packed_batches
 
 BATCH_AXES = ("batch", "length")
@@ -131,7 +132,7 @@ def _data_meta(sft_cfg, docs) -> dict[str, Any]:
         "seed": int(sft_cfg.seed),
         "seq_len": int(sft_cfg.seq_len),
         "batch_size": int(sft_cfg.batch_size),
-        "overflow": sft_cfg.get("overflow", "error"),
+        "overflow": sft_cfg.overflow,
         "data_fingerprint": data_fingerprint(docs),
     }
 
@@ -390,7 +391,7 @@ def train_sft(
             optimizer=optimizer,
             schedule=schedule,
             grad_accum=sft_cfg.grad_accum,
-            logits_chunk=sft_cfg.get("logits_chunk", 512),
+            logits_chunk=sft_cfg.logits_chunk,
         ),
         donate_argnums=0,
         out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
@@ -402,7 +403,7 @@ def train_sft(
         batch_rows=sft_cfg.batch_size,
         seed=sft_cfg.seed,
         start_step=start_step,
-        overflow=sft_cfg.get("overflow", "error"),
+        overflow=sft_cfg.overflow,
     )
     if jax.process_index() == 0:
         todo = (
