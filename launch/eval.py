@@ -34,7 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from zero_rl import sharding
-from zero_rl.config import check_command_line, reward_config, sampling_options
+from zero_rl.config import exit_on_bad_command_line, reward_config, sampling_options
 from zero_rl.data import FieldMapping
 from zero_rl.eval import (
     SIMPLERL_ZOO_BENCHMARKS,
@@ -60,11 +60,7 @@ MOVED_FLAGS = {
     "max_prompt_len": "sampling.max_prompt_len", "template": "data.template",
 }  # fmt: skip
 if __name__ == "__main__":
-    try:  # before config_flags applies the overrides: name a mistyped key with the valid ones
-        check_command_line(sys.argv[1:], _DEFAULT_CONFIG, moved=MOVED_FLAGS)
-    except (KeyError, FileNotFoundError) as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_bad_command_line(sys.argv[1:], _DEFAULT_CONFIG, moved=MOVED_FLAGS)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "run config file", lock_config=True
 )

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zero_rl.config import check_command_line, validate_sft
+from zero_rl.config import exit_on_bad_command_line, validate_sft
 from zero_rl.data.synthetic import SOURCE as SYNTHETIC_SOURCE
 from zero_rl.data.synthetic import AdditionTask, sft_pairs
 from zero_rl.data.templates import apply_template
@@ -31,10 +31,7 @@ from zero_rl.train.sft import read_sft_pairs, train_sft
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "sft_tiny.py")
 if __name__ == "__main__":
-    try:  # before config_flags applies the overrides: name a mistyped key with the valid ones
-        check_command_line(sys.argv[1:], _DEFAULT_CONFIG)
-    except (KeyError, FileNotFoundError) as err:
-        sys.exit(f"error: {err.args[0]}")
+    exit_on_bad_command_line(sys.argv[1:], _DEFAULT_CONFIG)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "SFT config file", lock_config=True
 )

@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Must be set before jax is imported anywhere.
 # The collective timeouts are raised because 8 device threads share 2 cores: under load a
 # device thread can reach an all-reduce long after the others, which XLA:CPU would otherwise
@@ -41,3 +43,18 @@ def pytest_collection_modifyitems(config, items):
         return _LONG_MODULES.index(stem) if stem in _LONG_MODULES else len(_LONG_MODULES)
 
     items.sort(key=rank)  # stable: the order within a module is kept
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    """A tiny Qwen2 saved by transformers, in a directory named like a Qwen2.5 0.5B model."""
+    import transformers  # noqa: PLC0415 - torch is a second of start-up for every worker
+
+    path = tmp_path_factory.mktemp("hf") / "Qwen2.5-0.5B-test"
+    hf = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        rope_theta=1e6, tie_word_embeddings=True,
+    )  # fmt: skip
+    transformers.AutoModelForCausalLM.from_config(hf).save_pretrained(path)
+    return path

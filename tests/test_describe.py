@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import transformers
 
 from zero_rl import config as config_lib
 from zero_rl.config import load_config, load_run_config
@@ -36,16 +35,10 @@ STEPS = ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "sft.steps=0", "total_st
 
 
 @pytest.fixture(scope="module")
-def hf_run(tmp_path_factory):
+def hf_run(tiny_hf_dir, tmp_path_factory):
     """A run trained from a Qwen2.5-0.5B-named HF directory: SimpleRL-Zoo's template for the
     family is Abel's, where a model without a name would get the tiny model's plain one."""
-    base = tmp_path_factory.mktemp("base") / "Qwen2.5-0.5B-test"
-    hf = transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rope_theta=1e6, tie_word_embeddings=True,
-    )  # fmt: skip
-    transformers.AutoModelForCausalLM.from_config(hf).save_pretrained(base)
+    base = tiny_hf_dir
     config = load_config(TINY, STEPS + [f"model.hf_path={base}"])
     with config.unlocked():
         config.model.dims = {}  # the checkpoint defines the network

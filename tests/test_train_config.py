@@ -9,7 +9,6 @@ import os
 
 import jax
 import pytest
-import transformers
 from flax import nnx
 
 from zero_rl import config as config_lib
@@ -311,19 +310,6 @@ def test_an_unknown_benchmark_name_is_not_taken_for_a_file():
 
 # ---------------------------------------------------------------------------------------------
 # HF checkpoints and presets
-
-
-@pytest.fixture(scope="module")
-def tiny_hf_dir(tmp_path_factory):
-    """A tiny Qwen2 saved by transformers, in a directory named like a Qwen2.5 0.5B model."""
-    path = tmp_path_factory.mktemp("hf") / "Qwen2.5-0.5B-test"
-    hf = transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rope_theta=1e6, tie_word_embeddings=True,
-    )  # fmt: skip
-    transformers.AutoModelForCausalLM.from_config(hf).save_pretrained(path)
-    return path
 
 
 def _hf_overrides(path, *extra):

@@ -12,6 +12,7 @@ from zero_rl.config.build import (
 from zero_rl.config.load import (
     check_command_line,
     check_keys,
+    exit_on_bad_command_line,
     load_config,
     load_run_config,
     parse_value,
@@ -37,6 +38,7 @@ __all__ = [
     "base_config",
     "check_command_line",
     "check_keys",
+    "exit_on_bad_command_line",
     "field_mapping",
     "load_config",
     "load_run_config",

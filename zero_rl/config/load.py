@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +109,19 @@ def check_command_line(
             if not isinstance(node, ml_collections.ConfigDict) or name not in node:
                 raise KeyError(_unknown(".".join(parts[:i]), name, node))
             node = node[name]
+
+
+def exit_on_bad_command_line(
+    argv: Sequence[str], default_config: str, moved: Mapping[str, str] | None = None
+) -> None:
+    """`check_command_line` for a launcher, run before its flags are defined (config_flags
+    applies `--config.*` overrides at once and would name a mistyped key without the valid
+    ones): a bad argument prints `error: ...` to stderr and exits with status 2."""
+    try:
+        check_command_line(argv, default_config, moved)
+    except (KeyError, FileNotFoundError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _load_module_config(path: str) -> ml_collections.ConfigDict:

@@ -87,12 +87,6 @@ def restore_params(
         return _restore(checkpoints, model_cfg, step, mesh, rules)
 
 
-def read_checkpoint_meta(directory: str, step: int) -> dict:
-    """The metadata saved with a trainer checkpoint's `step` ({"step", "data", "metrics"})."""
-    with Checkpointer(checkpoint_directory(directory), read_only=True) as checkpoints:
-        return checkpoints.restore_meta(step)
-
-
 def checkpoint_steps(directory: str) -> list[int]:
     """The steps saved in a run's workdir or `checkpoints` directory, ascending."""
     with Checkpointer(checkpoint_directory(directory), read_only=True) as checkpoints:
@@ -270,10 +264,10 @@ def load_policy(
     model_cfg = description.model.replace(
         dtype=config.model.dtype, param_dtype=config.model.param_dtype
     )
-    step, graphdef, params = restore_params(
-        checkpoint, model_cfg, step=step, mesh=mesh, rules=rules
-    )
-    meta = read_checkpoint_meta(checkpoint, step)
+    # One read-only opening of the directory for the params and the step's metadata.
+    with Checkpointer(checkpoint_directory(checkpoint), read_only=True) as checkpoints:
+        step, graphdef, params = _restore(checkpoints, model_cfg, step, mesh, rules)
+        meta = checkpoints.restore_meta(step)
     source = f"checkpoint {os.path.abspath(checkpoint)} step {step}"
     return Policy(graphdef, params, description, config, step, source,
                   params_fingerprint(params), meta)  # fmt: skip
