@@ -3,6 +3,7 @@ math-verify called directly in one process, on the same responses.
 
     python bench/verifier.py                    # synthetic RL-like mix, 2 workers, 3 rounds
     python bench/verifier.py --input out.jsonl  # real model outputs: {"response", "answer"} lines
+    python bench/verifier.py --extraction lenient   # grading's policy instead of the reward's
 
 Each round times both sides back to back on one fresh batch, alternating which goes first, so
 that the load of a shared machine falls on both; the ratio is over all rounds.
@@ -28,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zero_rl.rewards import RewardConfig, VerifierPool, normalize_gold, score  # noqa: E402
+from zero_rl.rewards import POLICIES, RewardConfig, VerifierPool, normalize_gold, score  # noqa: E402
 
 # (gold answer, equivalent forms a model might write, wrong answers a model might write).
 GOLDS = [
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extraction", choices=POLICIES, default="strict")
     parser.add_argument("--out", default="", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
     if min(args.num_prompts, args.group_size, args.rounds, args.num_workers) < 1:
@@ -258,9 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{args.rounds} rounds of {count} responses ({mean_chars:.0f} characters on average), "
         f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, "
-        f"{args.num_workers} verifier workers"
+        f"{args.num_workers} verifier workers, {args.extraction} extraction"
     )
-    config = RewardConfig(timeout_s=args.timeout_s)
+    config = RewardConfig(timeout_s=args.timeout_s, extraction=args.extraction)
     gold_cache: dict = {}
     start = time.perf_counter()
     with VerifierPool(args.num_workers, timeout_s=args.timeout_s) as pool:

@@ -126,7 +126,7 @@ def _grade(config) -> int:
     writer = _writer()
     try:
         summary = grade_outputs(
-            outputs, _OUT_DIR.value, reward=reward_config(config),
+            outputs, _OUT_DIR.value, reward=reward_config(config, evaluation=True),
             tokenizer=tokenizer, ks=ks, writer=writer, progress=_PROGRESS.value,
             source=os.path.abspath(_INPUT.value),
         )  # fmt: skip
@@ -181,7 +181,7 @@ def _evaluate() -> int:
                 policy.graphdef, policy.params, tokenizer=policy.tokenizer, benchmarks=sets,
                 out_dir=_OUT_DIR.value, template=template, sampling=options,
                 num_samples=num_samples, batch_size=_BATCH_SIZE.value,
-                reward=reward_config(config), seed=_SEED.value, ks=ks,
+                reward=reward_config(config, evaluation=True), seed=_SEED.value, ks=ks,
                 batch_sharding=batch_sharding, writer=writer, step=policy.step,
                 progress=_PROGRESS.value, policy_id=policy.fingerprint,
             )  # fmt: skip

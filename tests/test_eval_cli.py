@@ -367,7 +367,7 @@ def test_cli_evaluates_an_hf_model_as_from_hf_does(hf_dirs, hf_eval):
         template="plain",
         sampling=with_template_stops(options, tokenizer, "plain"),
         batch_size=4,
-        reward=config_lib.reward_config(config),
+        reward=config_lib.reward_config(config, evaluation=True),  # graded as the CLI grades
     )
     assert [r["response"] for r in records] == reference.texts
     assert [r["length"] for r in records] == reference.lengths.tolist()

@@ -124,9 +124,10 @@ def test_grading_writes_settings_and_regrades_only_its_own_source(tmp_path, pool
         settings = json.load(f)
     assert settings == {
         "graded_from": str(tmp_path / "outputs.jsonl"),
-        "grading": {k: getattr(RewardConfig(), k) for k in GRADING_KEYS},
+        "grading": {k: getattr(RewardConfig(extraction="lenient"), k) for k in GRADING_KEYS},
     }
-    assert set(GRADING_KEYS) == {"last_number_fallback", "rel_tol", "timeout_s"}
+    assert set(GRADING_KEYS) == {"extraction", "last_number_fallback", "rel_tol", "timeout_s"}
+    assert settings["grading"]["extraction"] == "lenient"  # grading reads unmarked answers
     assert first["settings"] == {"toy": settings, "gsm8k": settings}
     # The same file again: the same files, rewritten (not appended).
     before = (out / "toy" / "generations.jsonl").read_text()

@@ -234,7 +234,7 @@ def test_greedy_sample_matches_the_trainers_evaluation(quickstart_run):
     result = evaluate(
         policy.graphdef, policy.params, examples, tokenizer=policy.tokenizer,
         template=policy.template, sampling=options, batch_size=len(examples),
-        reward=reward_config(config),
+        reward=reward_config(config, evaluation=True),
     )  # fmt: skip
     assert texts == result.texts
 

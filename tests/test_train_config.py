@@ -87,6 +87,8 @@ def test_unknown_override_key_lists_the_valid_ones():
         ("rl.estimator=grpo_plus", "unknown rl.estimator 'grpo_plus'; valid: 'grpo'"),
         ("rl.critic=joint", "unknown rl.critic"),
         ("data.on_error=ignore", "unknown data.on_error"),
+        ("reward.extraction=loose", "unknown reward.extraction 'loose'; valid: 'strict'"),
+        ("eval.extraction=any", "unknown eval.extraction 'any'; valid: 'strict', 'lenient'"),
         ("data.difficulty=extreme", "unknown data.difficulty"),
         ("optim.schedule=step", "unknown optim.schedule"),
         ("rl.loss.kl_estimator=k4", "kl_estimator"),
@@ -443,3 +445,11 @@ def test_kl_in_both_reward_and_loss_fails_before_any_set_up(tmp_path):
     with pytest.raises(ValueError, match="would both penalise the KL"):
         loop.train(config, str(tmp_path))
     assert not (tmp_path / "sft").exists()
+
+
+def test_rewards_are_strict_and_evaluation_grades_leniently():
+    config = load_config(TINY)
+    assert config_lib.reward_config(config).extraction == "strict"
+    assert config_lib.reward_config(config, evaluation=True).extraction == "lenient"
+    strict = load_config(TINY, ["eval.extraction=strict"])
+    assert config_lib.reward_config(strict, evaluation=True).extraction == "strict"

@@ -3,6 +3,7 @@ sampling options, and where the tokenizer is."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import ml_collections
@@ -68,8 +69,12 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
     return LossConfig(**config.rl.loss.to_dict())
 
 
-def reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
-    return RewardConfig(**config.reward.to_dict())
+def reward_config(config: ml_collections.ConfigDict, *, evaluation: bool = False) -> RewardConfig:
+    """`config.reward`; with `evaluation`, grading as evaluation does (`eval.extraction`)."""
+    reward = RewardConfig(**config.reward.to_dict())
+    if evaluation:
+        reward = dataclasses.replace(reward, extraction=config.eval.extraction)
+    return reward
 
 
 def sampling_options(

@@ -17,7 +17,7 @@ from zero_rl.config.build import loss_config, reward_config, sampling_options
 from zero_rl.config.schema import base_config, sft_run_config
 from zero_rl.data.difficulty import MATH_LEVELS
 from zero_rl.optim import SCHEDULES
-from zero_rl.rewards import DATASETS
+from zero_rl.rewards import DATASETS, POLICIES
 from zero_rl.rl import CRITICS, ESTIMATORS
 from zero_rl.rl.masking import check_choice
 
@@ -201,6 +201,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("rl.estimator", rl.estimator, ESTIMATORS)
     check_choice("rl.critic", rl.critic, CRITICS)
     check_choice("data.on_error", d.on_error, ("raise", "skip"))
+    check_choice("reward.extraction", config.reward.extraction, POLICIES)
+    check_choice("eval.extraction", config.eval.extraction, POLICIES)
     if d.difficulty:
         check_choice("data.difficulty", d.difficulty, tuple(MATH_LEVELS))
     if d.gold_format:

@@ -162,6 +162,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.temperature = 0.0
     c.eval.top_p = 1.0
     c.eval.limit = 0  # examples per benchmark (0 = all)
+    # How evaluation finds answers: "lenient" also reads unmarked ones ("Answer: 5", a bare
+    # expression, the last number), as benchmark graders do; "strict" is the reward's rule.
+    c.eval.extraction = "lenient"
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.max_prompt_len = 1024
@@ -237,6 +240,7 @@ def base_config() -> ml_collections.ConfigDict:
             wrong_boxed_reward=-0.5,
             no_answer_reward=-1.0,
             format_penalty=0.0,
+            extraction="strict",  # a marked answer is required ("lenient": see eval)
             last_number_fallback=False,
             timeout_s=2.0,
             num_workers=2,

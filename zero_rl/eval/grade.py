@@ -170,7 +170,7 @@ def grade_outputs(
     Returns:
       The summary dict, laid out as `run_benchmarks`'s.
     """
-    reward = reward or RewardConfig()
+    reward = reward or RewardConfig(extraction="lenient")
     if isinstance(outputs, str):
         source = source or os.path.abspath(outputs)
         outputs = read_outputs(outputs, benchmark=benchmark, dataset=dataset)

@@ -40,7 +40,7 @@ from zero_rl.summaries import SummaryWriter
 from zero_rl.tokenizer import Tokenizer
 
 # The RewardConfig fields that change a verdict (the reward values do not enter the records).
-GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
+GRADING_KEYS = ("extraction", "last_number_fallback", "rel_tol", "timeout_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,8 +232,8 @@ def run_benchmarks(
       num_samples: responses per problem; greedy decoding needs 1 sample.
       batch_size: problems per sampler call, a fixed shape (batch_size * num_samples rows);
         a multiple of the batch-sharding devices when `batch_sharding` is given.
-      reward: grading rules (`RewardConfig()` by default); pool: verifier pool (default: the
-        module-level one).
+      reward: grading rules (by default `RewardConfig(extraction="lenient")`); pool: verifier
+        pool (default: the module-level one).
       seed: sampling seed; the samples of a problem depend on it and on `batch_size` (a
         resumed run with the same batch_size draws the same samples as an uninterrupted one).
       limit: evaluate the first `limit` problems of each benchmark.
@@ -254,7 +254,7 @@ def run_benchmarks(
     if not benchmarks:
         raise ValueError("run_benchmarks got no benchmarks")
     get_template(template)
-    reward = reward or RewardConfig()
+    reward = reward or RewardConfig(extraction="lenient")
     sets = [b if isinstance(b, EvalSet) else load_eval_set(b, limit=limit) for b in benchmarks]
     if limit is not None:
         sets = [dataclasses.replace(s, examples=s.examples[:limit]) for s in sets]

@@ -40,7 +40,7 @@ from zero_rl.tokenizer import Tokenizer
 PASS_RATE_FIELDS = ("id", "pass_rate", "num_correct", "k")
 SYNTHETIC = "synthetic_addition"
 # The RewardConfig fields that change a verdict: a resumed run must grade as the first did.
-GRADING_KEYS = ("last_number_fallback", "rel_tol", "timeout_s")
+GRADING_KEYS = ("extraction", "last_number_fallback", "rel_tol", "timeout_s")
 
 
 @dataclasses.dataclass(frozen=True)

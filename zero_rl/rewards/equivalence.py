@@ -19,6 +19,7 @@ import logging
 import re
 from fractions import Fraction
 
+from zero_rl.rewards import rules
 from zero_rl.rewards.normalize import (
     EQUATION,
     MAX_ANSWER_CHARS,
@@ -28,8 +29,10 @@ from zero_rl.rewards.normalize import (
     Value,
     choice_letter,
     clean_latex,
+    decimal_comma,
     is_word,
     normalize_answer,
+    parse_number,
     parse_value,
     relation_kind,
 )
@@ -37,7 +40,8 @@ from zero_rl.rewards.normalize import (
 # Relative tolerance for answers written as decimals, as in the Qwen2.5-Math grader that
 # SimpleRL-Zoo evaluates with (so 0.3333 matches 1/3); integers and fractions compare exactly.
 DEFAULT_REL_TOL = 1e-4
-_WORD_IN_KEY_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_FREE_SYMBOL_RE = re.compile(r"[A-Za-df-hj-z]|[ei]{2,}")
 
 
 def _numbers_match(pred: Number, gold: Number, rel_tol: float) -> bool:
@@ -134,10 +138,11 @@ def _is_numeric(value: Value) -> bool:
     return isinstance(value, Number)
 
 
-def _wordy(key: str) -> bool:
-    """Whether a key holds a word outside any macro ("5isnotright", "3squared"): free symbols,
-    so never equal to a plain number."""
-    return _WORD_IN_KEY_RE.search(key) is not None
+def _has_free_symbol(key: str) -> bool:
+    """Whether a key holds a letter outside any LaTeX command other than `e` and `i` (which
+    can make numbers: `e^{i\\pi}`): a word ("5isnotright"), a variable ("2x+1"), a unit
+    left in ("5m"). Such a value is never equal to a plain number, as sympy would find."""
+    return _FREE_SYMBOL_RE.search(_COMMAND_RE.sub(" ", key)) is not None
 
 
 def _hedged_relation(pred_clean: str, gold_clean: str) -> bool:
@@ -165,6 +170,9 @@ def fast_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) 
         raise TypeError(f"answers must be str, got {type(pred).__name__} and {type(gold).__name__}")
     if len(pred) > MAX_ANSWER_CHARS:
         return False
+    gold_choice = choice_letter(gold)
+    if gold_choice is not None:
+        return choice_letter(pred) == gold_choice
     if _hedged_relation(clean_latex(pred), clean_latex(gold)):
         return False
     pred_key, pred_percent = normalize_answer(pred)
@@ -173,17 +181,22 @@ def fast_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) 
         return False
     if pred_key == gold_key and pred_percent == gold_percent:
         return True
-    gold_choice = choice_letter(gold)
-    if gold_choice is not None:
-        return choice_letter(pred) == gold_choice
     if is_word(gold_key) and is_word(pred_key):
         return pred_key.casefold() == gold_key.casefold()
     gold_value = parse_value(gold_key, gold_percent)
     pred_value = parse_value(pred_key, pred_percent)
+    # "3,75" against one number is 3.75 with a decimal comma, not the list (3, 75).
+    if isinstance(gold_value, Number):
+        pred_value = decimal_comma(pred) or pred_value
+    if isinstance(pred_value, Number):
+        gold_value = decimal_comma(gold) or gold_value
     if isinstance(pred_value, str) and " " in pred_value:
         return False  # "1 2", "3 \quad 6": two numbers side by side are not one value
-    if isinstance(gold_value, Number) and isinstance(pred_value, str) and _wordy(pred_value):
-        return False
+    for number, other in ((gold_value, pred_value), (pred_value, gold_value)):
+        if _is_numeric(number) and isinstance(other, str) and _has_free_symbol(other):
+            return False  # "2x + 1" for 18, 50 or [93, 6] for "(x+8)(x+25)", 72 for "Evelyn"
+    if is_word(gold_key) and not is_word(pred_key):
+        return False  # a word ("Evelyn", "even") is only ever equal to the same word
     return _values_match(pred_value, gold_value, rel_tol)
 
 
@@ -267,9 +280,41 @@ def _clearly_different(gold, pred) -> bool:
     return False
 
 
-def symbolic_equivalence(pred: str, gold: str) -> bool:
+def decimal_answer(pred: str) -> Number | None:
+    """A prediction written as a plain decimal ("4.2426"), else None: the answers that
+    `symbolic_equivalence` compares numerically with an exact symbolic gold (`3\\sqrt{2}`)."""
+    if not rules.enabled("decimal_of_exact"):
+        return None
+    key, percent = normalize_answer(pred)
+    number = parse_number(key, percent)
+    return number if number is not None and number.approximate and not percent else None
+
+
+def _decimal_matches(decimal: Number, gold, rel_tol: float) -> bool:
+    """Whether a decimal is within `rel_tol` of a real, non-integer number sympy holds exactly
+    (`10\\pi`, `3\\sqrt{2}`): 4.2426 answers 3*sqrt(2) as 0.3333 answers 1/3. An integer gold
+    stays exact, as in `fast_equivalence`."""
+    import sympy
+
+    if not isinstance(gold, sympy.Expr) or gold.free_symbols or not gold.is_number:
+        return False
+    try:
+        if gold.is_Integer:
+            return False
+        value = complex(gold.evalf(30))
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    if value.imag or not cmath.isfinite(value):
+        return False
+    pred = float(decimal.value)
+    return abs(pred - value.real) <= rel_tol * max(abs(pred), abs(value.real))
+
+
+def symbolic_equivalence(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> bool:
     """math-verify's verdict (sympy: symbolic, numeric, sets, intervals, matrices, equations)
-    on both answers after `clean_latex`, with the same equation rule as `fast_equivalence`.
+    on both answers after `clean_latex`, with the same equation rule as `fast_equivalence`; a
+    decimal answer within `rel_tol` of an exact numeric gold (`4.2426` for `3\\sqrt{2}`) is
+    equal.
 
     Has no time limit: some inputs (`9^{9^{9^{9}}}`) never finish, so call it through
     `VerifierPool` unless the input is trusted.
@@ -284,6 +329,11 @@ def symbolic_equivalence(pred: str, gold: str) -> bool:
     gold_parsed, pred_parsed = _parse_latex(gold_clean), _parse_latex(pred_clean)
     if not gold_parsed or not pred_parsed:
         return False
+    # A decimal answer for an exact gold (4.2426 for 3\sqrt{2}). The other way round, an exact
+    # answer for a rounded gold (\pi for 3.1416), is left to math-verify, as it always was.
+    decimal = decimal_answer(pred)
+    if decimal is not None and _decimal_matches(decimal, gold_parsed[0], rel_tol):
+        return True
     if _clearly_different(gold_parsed[0], pred_parsed[0]):
         return False
     return bool(math_verify.verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None))
@@ -299,4 +349,4 @@ def is_equivalent(pred: str, gold: str, *, rel_tol: float = DEFAULT_REL_TOL) -> 
     verdict = fast_equivalence(pred, gold, rel_tol=rel_tol)
     if verdict is not None:
         return verdict
-    return symbolic_equivalence(pred, gold)
+    return symbolic_equivalence(pred, gold, rel_tol=rel_tol)

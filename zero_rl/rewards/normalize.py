@@ -13,6 +13,7 @@ import functools
 import re
 from fractions import Fraction
 
+from zero_rl.rewards import rules
 from zero_rl.rewards.units import strip_unit
 
 # Real gold answers are at most a few hundred characters (the longest in MATH500 and OlympiadBench
@@ -28,15 +29,42 @@ _MAX_ELEMENTS = 64
 # (Not the second backslash of `\\`, a matrix row break.)
 _JOINING_RE = re.compile(r"(?<!\\)\\[!,]|\\displaystyle(?![A-Za-z])")
 _SPACING_RE = re.compile(r"\\q?quad(?![A-Za-z])|(?<!\\)\\[;: ]|~")
-_TEXT_MACROS = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)"
+_TEXT_MACROS = r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname)"
 _TEXT_RE = re.compile(_TEXT_MACROS + r"\s*\{([^{}]*)\}")
 # "x = 5 or x = 6", "3 \text{ and } 5": several answers, written as a list.
 _AND_OR_RE = re.compile(r"\s*,?\s*(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s*")
 _PERCENT_WORD_RE = re.compile(r"\s*(?<![A-Za-z\\])percent(?![A-Za-z])|(?<!\\)%")
+_PERCENT_WORDS_RE = re.compile(
+    r"\s*(?<![A-Za-z\\])(?:percent|percentage|pct)(?![A-Za-z])\.?|(?<!\\)%"
+)
+# A stray backslash that ends an answer (`\frac{1}{2}\`), not the `\\` of a row break.
+_TRAILING_BACKSLASH_RE = re.compile(r"(?<!\\)\\\s*$")
+# `A \approx 0.707`: an exact value followed by its decimal approximation.
+_APPROX_TAIL_RE = re.compile(
+    r"\s*(?:\\approx(?![A-Za-z])|≈)\s*[-+]?\d*\.?\d+(?:\\ldots|\.\.\.)?\s*$"
+)
+# A number followed by one group of words in a text macro: `7 \text{ people can sit}`.
+_NUMBER_TEXT_TAIL_RE = re.compile(
+    r"^([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\}))\s*"
+    r"\\(?:text|textnormal|textrm|mathrm|mbox)\s*\{([A-Za-z .,;:'!-]*)\}\s*\.?$"
+)
+# Words after a number that hedge it ("or more", "is not right") or change its value
+# ("hundred", "squared", "times"): with one of them the tail is part of the answer.
+_VALUE_WORD_LIST = """
+    or not no nor neither more less than least most fewer greater smaller larger over under
+    above below plus minus times and to between from except if unless approximately about
+    roughly nearly almost hundred hundreds thousand thousands million millions billion
+    billions trillion dozen dozens half halves quarter quarters third thirds tenth tenths
+    squared cubed square cubic power powers percent percentage pct per pi factorial mod
+    modulo root roots inverse negative positive
+"""
+_VALUE_WORDS = frozenset(_VALUE_WORD_LIST.split())
 _DEGREE_RE = re.compile(
     r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degrees?(?![A-Za-z]))"
     r"(?:\s*(?:\\mathrm\s*\{\s*[CF]\s*\}|[CF])\s*$)?"  # "928^\circ C": degrees Celsius
 )
+_EMPTY_SET_RE = re.compile(r"\\varnothing(?![A-Za-z])|^\s*\\\{\s*\\\}\s*$")
+_INFINITY_WORD_RE = re.compile(r"(?<![A-Za-z\\])infinity(?![A-Za-z])", re.IGNORECASE)
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
 _GREEK = (
     "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|"
@@ -62,6 +90,7 @@ PLAIN, ASSIGNMENT, EQUATION = 0, 1, 2
 # Whitespace between two digits is kept (as one space): "1 2" is not 12.
 _SPACED_DIGITS_RE = re.compile(r"(?<=\d)\s+(?=\d)")
 _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_DECIMAL_COMMA_RE = re.compile(r"^([-+]?\d+),(\d+)$")
 
 _INT_RE = re.compile(r"^([-+]?)(\d+)$")
 _DECIMAL_RE = re.compile(r"^([-+]?)(\d*)\.(\d+)$")
@@ -70,6 +99,8 @@ _FRAC_RE = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$")
 _SLASH_RE = re.compile(r"^([-+]?\d+)/(\d+)$")
 _MIXED_RE = re.compile(r"^(\d+)\\frac\{(\d+)\}\{(\d+)\}$|^(\d+) (\d+)/(\d+)$")
 _CHOICE_RE = re.compile(r"^\(?([A-E])\)?$")
+# A choice letter followed by the option's text: "D. x = 17", "(B): 12".
+_CHOICE_WITH_TEXT_RE = re.compile(r"^\(?([A-E])(?:\)[.:]?|[.:])\s*\S")
 _WORD_RE = re.compile(r"^[A-Za-z]{3,}$")
 _INFINITIES = {"\\infty": 1, "+\\infty": 1, "-\\infty": -1, "∞": 1, "-∞": -1}
 
@@ -111,11 +142,16 @@ def clean_latex(answer: str) -> str:
 
     Removes math delimiters, `\\$`, `\\left`/`\\right`, thin spaces and `\\displaystyle`;
     turns `\\dfrac`/`\\tfrac` into `\\frac`, spacing macros into spaces, "percent" and `%` into
-    `\\%`; drops degree signs and a trailing unit (`zero_rl.rewards.units`); unwraps `\\text{}`
-    and friends; writes "a and b" / "a or b" as the list "a, b". This is the form the symbolic
-    stage parses too, so both stages read an answer the same way.
+    `\\%` ("pct" and "percentage" too); drops degree signs, a stray trailing backslash, a
+    decimal approximation after an exact value (`A \\approx 0.707`), prose after a number in a
+    text macro (`_drop_text_tail`) and a trailing unit (`zero_rl.rewards.units`); unwraps
+    `\\text{}` and friends; writes "a and b" / "a or b" as the list "a, b". This is the form the
+    symbolic stage parses too, so both stages read an answer the same way. Each optional step
+    is a named rule (`zero_rl.rewards.rules`).
     """
     s = answer.strip().replace("\n", " ").replace("\\$", "").replace("$", "")
+    if rules.enabled("trailing_backslash"):
+        s = _TRAILING_BACKSLASH_RE.sub("", s)
     for opening, closing in (("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(opening) and s.endswith(closing):
             s = s[len(opening) : -len(closing)]
@@ -123,13 +159,48 @@ def clean_latex(answer: str) -> str:
     s = _JOINING_RE.sub("", s)
     s = _SPACING_RE.sub(" ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = _EMPTY_SET_RE.sub("\\\\emptyset", s)
+    s = _INFINITY_WORD_RE.sub("\\\\infty", s)
     s = _DEGREE_RE.sub("", s)
-    s = _PERCENT_WORD_RE.sub("\\\\%", s.replace("\\text{percent}", "%"))
-    s = strip_unit(s.strip().rstrip(".").strip())
+    percent_re = _PERCENT_WORDS_RE if rules.enabled("percent_words") else _PERCENT_WORD_RE
+    s = percent_re.sub("\\\\%", s.replace("\\text{percent}", "%"))
+    s = s.strip().rstrip(".").strip()
+    if rules.enabled("approx_after_exact"):
+        s = _drop_approximation(s)
+    if rules.enabled("text_tail"):
+        s = _drop_text_tail(s)
+    unit = strip_unit if rules.enabled("units") else str
+    s = unit(s)
     without_text = _TEXT_RE.sub(r"\1", s).strip()
-    s = strip_unit(without_text) if without_text else s
-    s = _AND_OR_RE.sub(", ", s).strip(" ,")
+    s = unit(without_text) if without_text else s
+    if rules.enabled("and_or_list"):
+        s = _AND_OR_RE.sub(", ", s).strip(" ,")
     return " ".join(s.split())
+
+
+def _drop_approximation(s: str) -> str:
+    """`\\frac{\\sqrt2}{2} \\approx 0.707` -> `\\frac{\\sqrt2}{2}`; `x \\approx 0.7` (an
+    assignment) and a bare `\\approx 0.7` are kept."""
+    match = _APPROX_TAIL_RE.search(s)
+    if match is None:
+        return s
+    exact = s[: match.start()].strip()
+    if not exact or _VARIABLE_RE.match(exact) or exact.endswith(("=", ",")):
+        return s
+    return exact
+
+
+def _drop_text_tail(s: str) -> str:
+    """`7 \\text{ people can sit}` -> `7`: prose or a unit in a text macro after a plain
+    number, unless a word in it hedges or scales the number (`_VALUE_WORDS`) or is a single
+    letter (`5 \\text{ m}`, `2\\mathrm{i}` stay)."""
+    match = _NUMBER_TEXT_TAIL_RE.match(s)
+    if match is None:
+        return s
+    words = re.findall(r"[A-Za-z']+", match.group(2))
+    if not words or any(len(w) < 2 or w.lower() in _VALUE_WORDS for w in words):
+        return s
+    return match.group(1)
 
 
 def relation_kind(cleaned: str) -> int:
@@ -187,6 +258,24 @@ def normalize_answer(answer: str) -> tuple[str, bool]:
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     return s, percent
+
+
+rules.register_cache(clean_latex)
+rules.register_cache(normalize_answer)
+
+
+def decimal_comma(answer: str) -> Number | None:
+    """`3,75` read with a decimal comma (3.75), for comparing against a single number; None
+    for anything else: `3,750` (which `normalize_answer` reads as 3750) and `3, 75`, where a
+    comma and a space separate two numbers."""
+    if not rules.enabled("decimal_comma"):
+        return None
+    cleaned = clean_latex(answer)
+    percent = "\\%" in cleaned
+    match = _DECIMAL_COMMA_RE.match(cleaned.replace("\\%", "").strip())
+    if match is None or _THOUSANDS_RE.match(match.group(0)):
+        return None
+    return parse_number(f"{match.group(1)}.{match.group(2)}", percent)
 
 
 def parse_number(key: str, percent: bool = False) -> Number | None:
@@ -312,9 +401,10 @@ def parse_value(key: str, percent: bool = False, depth: int = 0) -> Value:
 
 
 def choice_letter(answer: str) -> str | None:
-    """The letter of a multiple-choice answer such as `(C)`, `\\text{(C)}` or `C`, else None."""
+    """The letter of a multiple-choice answer such as `(C)`, `\\text{(C)}`, `C` or the letter
+    with its option's text (`D. x = 17`), else None."""
     key, _ = normalize_answer(answer)
-    match = _CHOICE_RE.match(key)
+    match = _CHOICE_RE.match(key) or _CHOICE_WITH_TEXT_RE.match(clean_latex(answer))
     return match.group(1) if match else None
 
 

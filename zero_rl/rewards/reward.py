@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zero_rl.rewards import rules
 from zero_rl.rewards.equivalence import DEFAULT_REL_TOL
-from zero_rl.rewards.extract import extract_with_budget
+from zero_rl.rewards.extract import answer_for_gold, extract_with_budget
 from zero_rl.rewards.gold import normalize_gold
 from zero_rl.rewards.pool import VerifierPool
 
@@ -28,6 +29,10 @@ class RewardConfig:
     boxed (e.g. "the answer is 5") `correct_unboxed_reward`; wrong but boxed `wrong_boxed_reward`;
     anything else, i.e. no answer or a wrong unboxed one, `no_answer_reward`.
 
+    `extraction`: "strict" (a marked answer is required: the RL default) or "lenient" (also
+    unmarked answers, for grading benchmark outputs; `zero_rl.rewards.extract`).
+    `last_number_fallback` (strict only) also accepts the last number of a response.
+
     `timeout_s` bounds each equivalence check (a timed-out check is incorrect); `num_workers` sizes
     the default pool; `overlong_cache_len` > 0 asks the trainer for DAPO's `overlong_penalty`.
     """
@@ -40,6 +45,7 @@ class RewardConfig:
     wrong_boxed_reward: float = -0.5
     no_answer_reward: float = -1.0
     format_penalty: float = 0.0
+    extraction: str = "strict"
     last_number_fallback: bool = False
     rel_tol: float = DEFAULT_REL_TOL
     timeout_s: float = 2.0
@@ -59,6 +65,7 @@ class RewardConfig:
                 "format_penalty applies to mode='correctness' only; format_aware "
                 "prices the format through its four rewards"
             )
+        rules.check_policy(self.extraction)
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.rel_tol < 0:
@@ -171,7 +178,11 @@ def score(
             raise TypeError(f"responses[{i}] is {type(response).__name__}, expected str")
     golds = _normalized_golds(answers, gold_format)
     extracted = [
-        extract_with_budget(response, last_number_fallback=config.last_number_fallback)
+        extract_with_budget(
+            response,
+            policy=config.extraction,
+            last_number_fallback=config.last_number_fallback,
+        )
         for response in responses
     ]
     answered = [i for i, (extraction, _) in enumerate(extracted) if extraction is not None]
@@ -179,7 +190,7 @@ def score(
     if answered:
         pool = pool or default_pool(config.num_workers)
         results = pool.check(
-            [extracted[i][0].answer for i in answered],
+            [answer_for_gold(extracted[i][0], golds[i]) for i in answered],
             [golds[i] for i in answered],
             timeout_s=config.timeout_s,
             rel_tol=config.rel_tol,

@@ -2,6 +2,11 @@
 
     python -m zero_rl.tools.verify < outputs.jsonl > verdicts.jsonl
     python -m zero_rl.tools.verify --input outputs.jsonl --mode format_aware --dataset gsm8k
+    python -m zero_rl.tools.verify --extraction strict < rollouts.jsonl   # as RL rewards them
+
+Answers are found with the `lenient` extraction policy by default (also unmarked answers:
+"Answer: 5", a bare expression, the last number), as benchmark graders read them; `strict`
+requires a marked answer, as the RL reward does (`zero_rl.rewards.extract`).
 
 Reads JSONL lines `{"response": str, "answer": str | number | list}` (answers in any dataset
 format `normalize_gold` accepts) and writes one line per input line, in order:
@@ -20,7 +25,7 @@ import sys
 import time
 from typing import TextIO
 
-from zero_rl.rewards import DATASETS, RewardConfig, VerifierPool, normalize_gold, score
+from zero_rl.rewards import DATASETS, POLICIES, RewardConfig, VerifierPool, normalize_gold, score
 from zero_rl.rewards.reward import MODES
 
 _CHUNK = 4096
@@ -68,12 +73,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", help="where to write verdicts (default: stdout)")
     parser.add_argument("--mode", choices=MODES, default="correctness")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="format of the answers")
+    parser.add_argument(
+        "--extraction",
+        choices=POLICIES,
+        default="lenient",
+        help="lenient (default) also reads unmarked answers; strict needs a \\boxed{} or tag",
+    )
     parser.add_argument("--timeout-s", type=float, default=RewardConfig.timeout_s)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument(
         "--last-number-fallback",
         action="store_true",
-        help="take the last number in a response that has no marked final answer",
+        help="strict only: take the last number of a response that has no marked answer",
     )
     return parser.parse_args(argv)
 
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RewardConfig(
             mode=args.mode,
+            extraction=args.extraction,
             timeout_s=args.timeout_s,
             num_workers=args.num_workers,
             last_number_fallback=args.last_number_fallback,

@@ -62,7 +62,7 @@ def _run_benchmarks(run: Run, params, step, *, writer, pool) -> None:
         run.graphdef, params, tokenizer=run.tokenizer, benchmarks=benchmark_names(config),
         out_dir=os.path.join(run.workdir, "eval", f"step_{step:06d}"), template=run.template,
         sampling=run.eval_sampling, num_samples=e.num_samples, limit=e.limit or None,
-        batch_size=config.rl.num_prompts, reward=run.reward_cfg, pool=pool,
+        batch_size=config.rl.num_prompts, reward=run.eval_reward_cfg, pool=pool,
         batch_sharding=run.batch_sharding, writer=writer, step=step,
         progress=show_progress(config),
         # The step identifies the policy: a step replayed after a crash mid-evaluation resumes
@@ -181,7 +181,7 @@ def _evaluate(run: Run, params, step: int, writer: SummaryWriter, pool) -> float
     result = evaluate(
         run.graphdef, params, run.eval_examples, tokenizer=run.tokenizer, template=run.template,
         sampling=run.eval_sampling.replace(temperature=0.0), batch_size=c.rl.num_prompts,
-        reward=run.reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
+        reward=run.eval_reward_cfg, pool=pool, batch_sharding=run.batch_sharding,
         progress=show_progress(c),
     )  # fmt: skip
     writer.scalars(step, {"eval/accuracy": result.accuracy})

@@ -147,7 +147,8 @@ class Run:
     opts: UpdateOptions
     tx: object
     schedule: object
-    reward_cfg: object
+    reward_cfg: object  # the rollout's rewards (reward.extraction: strict by default)
+    eval_reward_cfg: object  # grading of evaluation (eval.extraction: lenient by default)
     sampling: SamplingOptions  # the rollout's, with the template's stops
     eval_sampling: SamplingOptions  # evaluation's (eval.temperature, eval_max_new_tokens)
 
@@ -201,6 +202,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
         train_examples=train_examples, eval_examples=eval_examples,
         graphdef=abstract_params(model_cfg)[0], opts=opts, tx=tx, schedule=schedule,
         reward_cfg=config_lib.reward_config(config),
+        eval_reward_cfg=config_lib.reward_config(config, evaluation=True),
         sampling=description.sampling_options(config),
         eval_sampling=description.sampling_options(config, evaluation=True),
     )  # fmt: skip
