@@ -142,6 +142,8 @@ def _has_free_symbol(key: str) -> bool:
     """Whether a key holds a letter outside any LaTeX command other than `e` and `i` (which
     can make numbers: `e^{i\\pi}`): a word ("5isnotright"), a variable ("2x+1"), a unit
     left in ("5m"). Such a value is never equal to a plain number, as sympy would find."""
+    if "\\mathbb" in key:
+        return False  # `\mathbb{R}` is a set sympy knows, not a symbol
     return _FREE_SYMBOL_RE.search(_COMMAND_RE.sub(" ", key)) is not None
 
 
