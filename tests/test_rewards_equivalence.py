@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 
 from zero_rl.rewards import (
+    extract,
     extract_answer,
     fast_equivalence,
     is_equivalent,
@@ -346,6 +347,23 @@ def test_model_text_is_never_executed(guarded):
                 assert is_equivalent(pred, "0") is False
                 assert symbolic_equivalence(pred, "0") is False  # the sympy stage itself
                 assert symbolic_equivalence("0", pred) is False
+        assert os.listdir(directory) == []
+        assert guarded == []
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_model_text_is_never_executed_under_the_lenient_policy(guarded):
+    directory = tempfile.mkdtemp(prefix="zero_rl_safety_")
+    try:
+        for payload in payloads(directory):
+            texts = [payload, f"Answer: {payload}", f"Final Answer: ${payload}$",
+                     f"We compute it.\n\n${payload}$", *model_texts(payload)]  # fmt: skip
+            for text in texts:
+                extraction = extract(text, policy="lenient")
+                if extraction is not None:
+                    assert is_equivalent(extraction.answer, "0") is False
+                    assert is_equivalent(extraction.answer, "(1, 2)") is False
         assert os.listdir(directory) == []
         assert guarded == []
     finally:
