@@ -11,9 +11,13 @@ import pytest
 # The collective timeouts are raised because 8 device threads share 2 cores: under load a
 # device thread can reach an all-reduce long after the others, which XLA:CPU would otherwise
 # treat as a hang after 40 s and abort the process.
+# The CPU backend compiles at optimisation level 0: the tests' programs are tiny, so the suite
+# is compile-bound, and level 0 cuts a compile-heavy module by about a third (tests/test_sampler.py
+# 146 -> 100 s) while the HLO, hence what is computed, is the same.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8"
+    + " --xla_backend_optimization_level=0"
     + " --xla_cpu_collective_call_terminate_timeout_seconds=900"
     + " --xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
 ).strip()
