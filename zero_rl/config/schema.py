@@ -246,6 +246,16 @@ def base_config() -> ml_collections.ConfigDict:
             num_workers=2,
             overlong_cache_len=0,
             overlong_factor=1.0,
+            # Length-aware rewards: "cosine" (Yeo et al. 2025) replaces the reward above by one
+            # falling with length for correct answers and rising for wrong ones; a coef > 0
+            # adds Kimi k1.5's penalty on a group's long correct responses.
+            length_reward="none",
+            cosine_correct_short=2.0,
+            cosine_correct_long=1.0,
+            cosine_wrong_short=-10.0,
+            cosine_wrong_long=0.0,
+            cosine_exceed=-10.0,
+            length_penalty_coef=0.0,
         )
     )
 

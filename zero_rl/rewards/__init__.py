@@ -20,6 +20,7 @@ from zero_rl.rewards.extract import (
     extract_with_budget,
 )
 from zero_rl.rewards.gold import DATASETS, normalize_gold
+from zero_rl.rewards.length import cosine_length_reward, group_length_penalty
 from zero_rl.rewards.normalize import MAX_ANSWER_CHARS, clean_latex, normalize_answer
 from zero_rl.rewards.pool import CheckResult, VerifierPool
 from zero_rl.rewards.reward import (
@@ -29,6 +30,7 @@ from zero_rl.rewards.reward import (
     overlong_penalty,
     reward_for,
     score,
+    shape_rewards,
 )
 from zero_rl.rewards.rules import POLICIES, RULES
 
@@ -45,16 +47,19 @@ __all__ = [
     "VerifierPool",
     "answer_for_gold",
     "clean_latex",
+    "cosine_length_reward",
     "default_pool",
     "extract",
     "extract_answer",
     "extract_with_budget",
     "fast_equivalence",
+    "group_length_penalty",
     "is_equivalent",
     "normalize_answer",
     "normalize_gold",
     "overlong_penalty",
     "reward_for",
     "score",
+    "shape_rewards",
     "symbolic_equivalence",
 ]

@@ -1,4 +1,5 @@
-"""Rewards for RL from verifiable answers: correctness, format-aware, DAPO's overlong penalty."""
+"""Rewards for RL from verifiable answers: correctness, format-aware, and the length-aware terms
+(cosine length reward, group length penalty, DAPO's overlong penalty)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from zero_rl.rewards import rules
 from zero_rl.rewards.equivalence import DEFAULT_REL_TOL
 from zero_rl.rewards.extract import answer_for_gold, extract_with_budget
 from zero_rl.rewards.gold import normalize_gold
+from zero_rl.rewards.length import cosine_length_reward, group_length_penalty
 from zero_rl.rewards.pool import VerifierPool
 
 MODES = ("correctness", "format_aware")
+LENGTH_REWARDS = ("none", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +37,11 @@ class RewardConfig:
     `last_number_fallback` (strict only) also accepts the last number of a response.
 
     `timeout_s` bounds each equivalence check (a timed-out check is incorrect); `num_workers` sizes
-    the default pool; `overlong_cache_len` > 0 asks the trainer for DAPO's `overlong_penalty`.
+    the default pool. Length-aware terms, applied by the trainer from token lengths
+    (`shape_rewards`): `length_reward="cosine"` replaces the reward above by Yeo et al.'s cosine
+    length reward (`cosine_*`, `zero_rl.rewards.length`); `length_penalty_coef` > 0 adds Kimi
+    k1.5's group-relative penalty on long correct responses; `overlong_cache_len` > 0 adds DAPO's
+    `overlong_penalty`.
     """
 
     mode: str = "correctness"
@@ -52,6 +59,13 @@ class RewardConfig:
     num_workers: int | None = None
     overlong_cache_len: int = 0
     overlong_factor: float = 1.0
+    length_reward: str = "none"
+    cosine_correct_short: float = 2.0
+    cosine_correct_long: float = 1.0
+    cosine_wrong_short: float = -10.0
+    cosine_wrong_long: float = 0.0
+    cosine_exceed: float = -10.0
+    length_penalty_coef: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -74,6 +88,13 @@ class RewardConfig:
             raise ValueError(f"num_workers must be >= 1 or None, got {self.num_workers}")
         if self.overlong_cache_len < 0 or self.overlong_factor < 0:
             raise ValueError("overlong_cache_len and overlong_factor must be >= 0")
+        if self.length_reward not in LENGTH_REWARDS:
+            raise ValueError(
+                f"RewardConfig.length_reward must be one of {LENGTH_REWARDS}, "
+                f"got {self.length_reward!r}"
+            )
+        if self.length_penalty_coef < 0:
+            raise ValueError(f"length_penalty_coef must be >= 0, got {self.length_penalty_coef}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,3 +266,55 @@ def overlong_penalty(
     expected_len = max_response_len - cache_len
     penalty_b = (expected_len - lengths_b.astype(np.float64)) / cache_len
     return (factor * np.clip(penalty_b, -1.0, 0.0)).astype(np.float32)
+
+
+def shape_rewards(
+    rewards_b: np.ndarray,
+    correct_b: np.ndarray,
+    lengths_b: np.ndarray,
+    truncated_b: np.ndarray,
+    *,
+    config: RewardConfig,
+    max_response_len: int,
+    group_size: int,
+) -> np.ndarray:
+    """The length-aware terms of `config` applied to `score`'s rewards.
+
+    Args:
+      rewards_b: [batch] `Verdict.reward`s, rows grouped by prompt (`group_size` in a row).
+      correct_b: [batch] bool verdicts.
+      lengths_b: [batch] response lengths in tokens.
+      truncated_b: [batch] bool, responses cut off by the budget.
+      max_response_len: the generation budget in tokens.
+
+    Returns:
+      [batch] float32 rewards: the cosine length reward in place of `rewards_b` when
+      `config.length_reward == "cosine"`, plus the group length penalty and the overlong
+      penalty when they are on.
+    """
+    lengths_b = np.asarray(lengths_b).astype(np.int64)
+    rewards_b = np.asarray(rewards_b, np.float32)
+    if config.length_reward == "cosine":
+        rewards_b = cosine_length_reward(
+            correct_b, lengths_b, truncated_b, max_len=max_response_len,
+            correct_short=config.cosine_correct_short, correct_long=config.cosine_correct_long,
+            wrong_short=config.cosine_wrong_short, wrong_long=config.cosine_wrong_long,
+            exceed=config.cosine_exceed,
+        )  # fmt: skip
+    if config.length_penalty_coef:
+        if len(lengths_b) % group_size:
+            raise ValueError(f"{len(lengths_b)} rows are not groups of {group_size}")
+        penalty_pg = group_length_penalty(
+            np.asarray(correct_b, bool).reshape(-1, group_size),
+            lengths_b.reshape(-1, group_size),
+            coef=config.length_penalty_coef,
+        )
+        rewards_b = rewards_b + penalty_pg.reshape(-1)
+    if config.overlong_cache_len:
+        rewards_b = rewards_b + overlong_penalty(
+            lengths_b,
+            max_response_len=max_response_len,
+            cache_len=config.overlong_cache_len,
+            factor=config.overlong_factor,
+        )
+    return rewards_b.astype(np.float32)

@@ -24,7 +24,7 @@ from zero_rl.data.iterator import encode_batch
 from zero_rl.data.records import Example
 from zero_rl.data.templates import get_template
 from zero_rl.eval.metrics import has_reflection
-from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, overlong_penalty, score
+from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score, shape_rewards
 from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.batch import Rollout, assemble_sequences, rollout_logprobs
@@ -178,14 +178,15 @@ class RolloutCollector:
         answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
         verify_start = time.perf_counter()
         verdicts = score(texts, answers, config=self.reward, pool=self.pool)
-        rewards_b = np.asarray([v.reward for v in verdicts], np.float32)
-        if self.reward.overlong_cache_len:
-            rewards_b += overlong_penalty(
-                lengths_b.astype(np.int64),
-                max_response_len=s.max_new_tokens,
-                cache_len=self.reward.overlong_cache_len,
-                factor=self.reward.overlong_factor,
-            )
+        rewards_b = shape_rewards(
+            np.asarray([v.reward for v in verdicts], np.float32),
+            np.asarray([v.correct for v in verdicts], bool),
+            lengths_b,
+            ~np.asarray(stopped_b, bool),
+            config=self.reward,
+            max_response_len=s.max_new_tokens,
+            group_size=self.num_samples,
+        )
         verify_time = time.perf_counter() - verify_start
         # Statistics describe the global batch: every process gathers all processes' rows.
         global_rows = sharding.gather_to_host(
