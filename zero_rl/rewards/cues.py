@@ -197,17 +197,18 @@ def _last_cue_match(text: str, lowered: str) -> re.Match | None:
     return best
 
 
-def last_cue(text: str) -> tuple[str, int] | None:
-    """(answer, start of its cue) for the last answer cue of `text` ("Answer:", "Final Answer:",
-    "the answer is", ...) whose statement holds an answer (`read_statement`); the statement is
-    the rest of the cue's line, or the next non-empty line when that is empty."""
-    cue = _last_cue_match(text, text.lower())
+def last_cue(text: str, start: int = 0) -> tuple[str, int] | None:
+    """(answer, start of its cue) for the last answer cue of `text[start:]` ("Answer:", "Final
+    Answer:", "the answer is", ...) whose statement holds an answer (`read_statement`); the
+    statement is the rest of the cue's line, or the next non-empty line when that is empty."""
+    tail = text[start:]
+    cue = _last_cue_match(tail, tail.lower())
     if cue is None:
         return None
-    lines = text[cue.end() : cue.end() + 2 * MAX_ANSWER_CHARS].split("\n", _MAX_CUE_LINES)
+    lines = tail[cue.end() : cue.end() + 2 * MAX_ANSWER_CHARS].split("\n", _MAX_CUE_LINES)
     statement = next((line for line in lines[:_MAX_CUE_LINES] if line.strip()), "")
     answer = read_statement(statement)
-    return None if answer is None else (answer, cue.start())
+    return None if answer is None else (answer, start + cue.start())
 
 
 def bare_answer(text: str) -> str | None:

@@ -109,12 +109,16 @@ def _lenient(text: str) -> Extraction | None:
         return Extraction(tagged, "answer_tag") if tagged else None
     earlier = _MAX_EARLIER_BOXES if rules.enabled("boxes_as_tuple") else 0
     boxed = last_boxed(text, earlier=earlier)
-    cue = cues.last_cue(text) if rules.enabled("answer_cue") else None
+    reads_cues = rules.enabled("answer_cue")
     if boxed is not None:
-        after_box = cue is not None and cue[1] >= boxed.end and _states_a_value(cue[0])
-        if after_box and rules.enabled("final_after_box"):
+        # Only a statement after the box can win over it.
+        cue = None
+        if reads_cues and rules.enabled("final_after_box"):
+            cue = cues.last_cue(text, start=boxed.end)
+        if cue is not None and _states_a_value(cue[0]):
             return Extraction(cue[0], "answer_cue")
         return Extraction(boxed.answer, "boxed", boxed.earlier)
+    cue = cues.last_cue(text) if reads_cues else None
     strict = _strict(text, last_number_fallback=False)
     if cue is not None:
         return Extraction(cue[0], "answer_cue")
