@@ -247,6 +247,19 @@ def test_cli_grade_only(tmp_path):
         "4",
     ]
     assert not os.path.exists(tmp_path / "out" / "tb")
+    assert summary["settings"]["gsm8k"]["grading"]["extraction"] == "lenient"
+    # An unmarked answer counts when grading (lenient, the default), not under the reward's
+    # strict rule, chosen with --config.eval.extraction.
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({**rows[0], "response": "2 + 2 = 4.\nAnswer: 4"}) + "\n")
+    for extraction, accuracy in (("lenient", 1.0), ("strict", 0.0)):
+        out = tmp_path / f"bare_{extraction}"
+        result = _cli("--grade_only", f"--input={bare}", f"--out_dir={out}", "--benchmark=gsm8k",
+                      "--progress=false", "--notensorboard",
+                      f"--config.eval.extraction={extraction}")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        with open(out / "summary.json") as f:
+            assert json.load(f)["benchmarks"]["gsm8k"]["accuracy"] == accuracy, extraction
     # Grading another file into the same benchmark directory is refused, without a traceback.
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps(rows[0]) + "\n")

@@ -69,6 +69,20 @@ def test_files_and_format_aware_mode(tmp_path, capsys):
     assert rewards == [1.0, 0.5, -1.0, -0.5, 1.0]
 
 
+@pytest.mark.parametrize(
+    "extraction, correct", [(None, True), ("lenient", True), ("strict", False)]
+)
+def test_extraction_policy(tmp_path, extraction, correct):
+    """Lenient by default: a bare final answer counts; strict (the reward's rule) needs a mark."""
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"response": "Adding: 7 + 5\n\n12", "answer": "12"}) + "\n")
+    argv = ["--input", str(source), "--output", str(target), "--num-workers", "1"]
+    assert main(argv + ([] if extraction is None else ["--extraction", extraction])) == 0
+    verdict = json.loads(target.read_text())
+    assert verdict["correct"] is correct
+    assert verdict["extracted"] == ("12" if correct else None)
+
+
 @pytest.mark.parametrize("output", ["missing_dir/out.jsonl", "."], ids=["no-dir", "a-dir"])
 def test_a_bad_output_path_is_a_one_line_error(tmp_path, capsys, output):
     source = tmp_path / "in.jsonl"
