@@ -154,6 +154,7 @@ def _evaluate() -> int:
             mapping=FieldMapping(question_field=config.data.question_field,
                                  answer_field=config.data.answer_field),
             synthetic_seed=config.seed, synthetic_size=config.data.eval_size or 200,
+            task_settings=config.data.tasks.to_dict(),
         )  # fmt: skip
         if _BATCH_SIZE.value % batch_devices:
             raise ValueError(f"--batch_size must be a multiple of {batch_devices} (data x fsdp)")

@@ -5,6 +5,12 @@
         --config.model.hf_path=/ckpt/qwen2.5-0.5b --config.tokenizer=/ckpt/qwen2.5-0.5b \
         --config.data.source=traces.jsonl --config.data.template=qwen_boxed \
         --config.sft.seq_len=8192 --config.model.max_position=32768
+    python launch/sft.py --workdir=... --config.data.source=limo.jsonl --config.data.format=limo
+
+data.format maps each record to (prompt, response): "fields" (the default) reads
+data.prompt_field / data.response_field; "openr1_math", "light_r1", "limo", "s1k" and "am" read
+the fields of OpenR1-Math-220k, Light-R1-SFTData, LIMO, s1K / s1K-1.1 and
+AM-DeepSeek-R1-Distilled (see `zero_rl.data.sft_formats`). The template applies to the prompt.
 
 Writes TensorBoard scalars to WORKDIR/tb, checkpoints to WORKDIR/sft_checkpoints (a rerun
 resumes there) and, with export_hf, the fine-tuned model and its tokenizer to WORKDIR/hf.
@@ -66,6 +72,7 @@ def load_pairs(data_cfg, seed: int) -> list[tuple[str, str]]:
             data_cfg.source,
             prompt_field=data_cfg.prompt_field,
             response_field=data_cfg.response_field,
+            format=data_cfg.format,
             limit=data_cfg.limit,
             on_error=data_cfg.on_error,
         )

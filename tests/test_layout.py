@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "zero_rl"
 LAYERS = [
     {"sharding", "tokenizer", "summaries", "optim", "checkpoint"},  # no other zero_rl part
     {"models", "rl", "rewards"},
-    {"data", "sampler"},
+    {"data", "sampler", "tasks"},
     {"sampling"},
     {"config"},
     {"describe"},

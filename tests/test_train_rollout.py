@@ -288,14 +288,14 @@ def test_reference_only_with_a_kl_term_and_logprobs_dispatched_before_verifying(
         return wrapped
 
     monkeypatch.setattr(rollout, "rollout_logprobs", spy("logprobs", rollout.rollout_logprobs))
-    monkeypatch.setattr(rollout, "score", spy("score", rollout.score))
+    monkeypatch.setattr(rollout, "grade", spy("grade", rollout.grade))
     collector = loop._collector(run, pool)
     monkeypatch.setattr(collector, "_local", spy("fetch", collector._local))
     result = collector.draw(params, ref_params, next(iterator), jax.random.key(1))
     logprobs = ["logprobs"] * (1 if kl_coef == 0.0 else 2)
     # Old (and reference) log-probs are queued before the host blocks on the tokens and
     # verifies them, so the device computes them while the verifier runs.
-    assert events == [*logprobs, "fetch", "score"]
+    assert events == [*logprobs, "fetch", "grade"]
     same = result.rollout.ref_logprobs_bn is result.rollout.old_logprobs_bn
     assert same == (kl_coef == 0.0)
     # The engine's own counts: 2 groups of 2 responses in turn through 2 slots, 1 to 4 tokens

@@ -30,11 +30,13 @@ from zero_rl.config.schema import (
     sft_run_config,
     sft_stage_config,
     simplerl_zoo_config,
+    tiny_task_tokenizer,
 )
 
 __all__ = [
     "TINY_TOKENIZER",
     "TINY_VOCAB_SIZE",
+    "tiny_task_tokenizer",
     "base_config",
     "check_command_line",
     "check_keys",

@@ -15,11 +15,16 @@ import ml_collections
 
 from zero_rl.config.build import loss_config, reward_config, sampling_options
 from zero_rl.config.schema import base_config, sft_run_config
+from zero_rl.data.curriculum import SCHEDULES as CURRICULUM_SCHEDULES
+from zero_rl.data.curriculum import Curriculum
 from zero_rl.data.difficulty import MATH_LEVELS
+from zero_rl.data.sft_formats import FORMAT_NAMES
+from zero_rl.data.synthetic import SOURCE as SYNTHETIC_SOURCE
 from zero_rl.optim import SCHEDULES
 from zero_rl.rewards import DATASETS, POLICIES
 from zero_rl.rl import CRITICS, ESTIMATORS
 from zero_rl.rl.masking import check_choice
+from zero_rl.tasks import is_task, make_task
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -193,6 +198,17 @@ def check_keys(
     walk(config, base_config() if reference is None else reference, "")
 
 
+def _validate_tasks(config: ml_collections.ConfigDict) -> None:
+    """The settings of a task that data.train / data.eval names, checked by the task itself."""
+    for key in ("train", "eval"):
+        name = config.data[key]
+        if is_task(name):
+            try:
+                make_task(name, config.data.tasks[name].to_dict())
+            except ValueError as error:
+                raise ValueError(f"config.data.tasks.{name}: {error}") from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks what can be checked from the config alone, so that a bad value fails before the
     minutes of set-up (loading, SFT) rather than at the first update or evaluation."""
@@ -207,6 +223,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_choice("data.difficulty", d.difficulty, tuple(MATH_LEVELS))
     if d.gold_format:
         check_choice("data.gold_format", d.gold_format, tuple(sorted(DATASETS)))
+    _validate_curriculum(d.curriculum)
+    _validate_tasks(config)
     for block, optim in (("optim", config.optim), ("sft.optim", config.sft.optim)):
         check_choice(f"{block}.schedule", optim.schedule, SCHEDULES)
     loss_config(config)  # LossConfig, RewardConfig and SamplingOptions check their own fields
@@ -246,10 +264,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_curriculum(block: ml_collections.ConfigDict) -> None:
+    """`data.curriculum`: a known schedule whose buckets and stages parse and agree. Whether
+    every bucket has examples is checked once the data is read."""
+    check_choice("data.curriculum.schedule", block.schedule, ("none", *CURRICULUM_SCHEDULES))
+    if block.schedule != "none":
+        Curriculum.from_config(block)
+
+
 def validate_sft(config: ml_collections.ConfigDict) -> None:
     """`validate` for `launch/sft.py`'s config (`sft_run_config()`'s schema)."""
     check_keys(config, sft_run_config())
     check_choice("data.on_error", config.data.on_error, ("raise", "skip"))
+    data = config.data
+    check_choice("data.format", data.format, FORMAT_NAMES)
+    if data.format != "fields" and data.source == SYNTHETIC_SOURCE:
+        raise ValueError(
+            f"data.format={data.format!r} reads a data file, but data.source is the "
+            f"{SYNTHETIC_SOURCE!r} task; set data.source to the dataset's file"
+        )
+    for key in ("prompt_field", "response_field"):
+        # A dataset format knows its own fields: a field name set with one would be ignored.
+        if data.format != "fields" and data[key] != sft_run_config().data[key]:
+            raise ValueError(
+                f"data.{key}={data[key]!r} is only read with data.format='fields', not "
+                f"{data.format!r}; leave it unset"
+            )
     check_choice("sft.overflow", config.sft.overflow, ("error", "truncate"))
     check_choice("sft.optim.schedule", config.sft.optim.schedule, SCHEDULES)
     check_choice("export_dtype", config.export_dtype, ("float32", "bfloat16", "float16"))

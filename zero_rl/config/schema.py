@@ -7,6 +7,7 @@ has the same keys: a locked config turns a typo on the command line into an erro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
@@ -15,11 +16,17 @@ from ml_collections import config_dict
 from zero_rl import sharding
 from zero_rl.data.difficulty import default_difficulty
 from zero_rl.models.config import get_preset
+from zero_rl.tasks import TASKS
 
-TINY_TOKENIZER = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "assets", "tiny_addition.model"
-)
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+TINY_TOKENIZER = os.path.join(ASSETS, "tiny_addition.model")
 TINY_VOCAB_SIZE = 48  # of TINY_TOKENIZER
+
+
+def tiny_task_tokenizer(task: str) -> str:
+    """The shipped tiny tokenizer of a generated task's tiny config (`configs/<task>_tiny.py`;
+    rebuilt by `launch/make_tiny_tokenizer.py --config=...`)."""
+    return os.path.join(ASSETS, f"tiny_{task}.model")
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -88,6 +95,10 @@ def sft_run_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(
             source="synthetic_addition",
+            # How a record becomes a (prompt, response) pair: "fields" takes prompt_field and
+            # response_field verbatim; "openr1_math", "light_r1", "limo", "s1k" and "am" read
+            # those datasets' own fields (zero_rl.data.sft_formats has the table).
+            format="fields",
             prompt_field="prompt",
             response_field="response",
             template="plain",
@@ -138,7 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.path = ""  # "" = the HF checkpoint directory's tokenizer
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = "gsm8k_train"  # a benchmark name, "synthetic_addition", or a file path
+    # A benchmark name, "synthetic_addition", a task ("countdown", "knights_knaves": settings
+    # in data.tasks), or a file path.
+    c.data.train = "gsm8k_train"
     c.data.eval = "math500"
     c.data.eval_size = 0  # 0 = the whole eval set
     c.data.difficulty = ""  # "", "easy", "medium" or "hard" (SimpleRL-Zoo levels)
@@ -153,7 +166,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.id_field = ""  # "" = ids from line / row numbers
     c.data.gold_format = ""  # a zero_rl.rewards.DATASETS name (e.g. "gsm8k"), "" = plain answers
     c.data.on_error = "raise"  # or "skip": bad records are left out, counted and logged
+    # Generator settings of each task (zero_rl.tasks), used when data.train / data.eval names it.
+    c.data.tasks = ml_collections.ConfigDict(
+        {name: dataclasses.asdict(cls()) for name, cls in TASKS.items()}
+    )
     c.data.template = ""  # "" = the model family's SimpleRL-Zoo default
+    # An online curriculum (zero_rl.data.curriculum): each batch drawn from difficulty buckets,
+    # easiest first, by a mix that moves from stage to stage. "none" = uniform shuffled batches.
+    c.data.curriculum = ml_collections.ConfigDict(
+        dict(
+            schedule="none",  # "none", "steps" or "threshold"
+            by="level",  # buckets by Example.level ("level") or by measured "pass_rate"
+            levels="1-2,3,4-5",  # by="level": groups of MATH levels
+            pass_rate_file="",  # by="pass_rate": launch/filter_difficulty.py's pass rates
+            pass_rate_edges="0.7,0.3",  # by="pass_rate": cut points, easiest bucket first
+            # "START:w1,w2,...; ...", one weight per bucket. START is the step a stage begins
+            # at ("steps"), or the running pass rate of the previous stage's hardest bucket
+            # that ends it ("threshold", e.g. "0:1,0,0; 0.8:0.5,0.5,0; 0.6:0.2,0.3,0.5").
+            stages="0:1,0,0; 20:0.5,0.5,0; 40:0.2,0.3,0.5",
+            decay=0.9,  # the running pass rates' EMA over steps (horizon ~1 / (1 - decay))
+            min_stage_steps=5,  # "threshold": steps a stage lasts at least
+        )
+    )
 
     # Periodic benchmark evaluation (besides `eval/accuracy` on data.eval at every eval step).
     c.eval = ml_collections.ConfigDict()
@@ -268,7 +302,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Optional SFT stage that makes the base model first (the tiny default uses it).
     c.sft = sft_stage_config()
-    c.sft.carry_error_rate = 0.0  # synthetic task only: how often the teacher forgets a carry
+    # Generated tasks only: how often the teacher makes its systematic slip (addition forgets a
+    # carry, countdown drops needed parentheses, knights_knaves reads "or" as "and").
+    c.sft.carry_error_rate = 0.0
     return c
 
 

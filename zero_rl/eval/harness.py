@@ -29,7 +29,7 @@ from zero_rl.eval.policy import params_fingerprint
 from zero_rl.eval.sets import EvalSet, load_eval_set
 from zero_rl.eval.store import GenerationStore
 from zero_rl.eval.summary import earlier_results, graded_record, summarize, write_summary
-from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.rewards import RewardConfig, VerifierPool
 from zero_rl.sampling import (
     SamplingOptions,
     finish_responses,
@@ -37,6 +37,7 @@ from zero_rl.sampling import (
     with_template_stops,
 )
 from zero_rl.summaries import SummaryWriter
+from zero_rl.tasks import grade
 from zero_rl.tokenizer import Tokenizer
 
 # The RewardConfig fields that change a verdict (the reward values do not enter the records).
@@ -117,7 +118,8 @@ def _grade(run, examples, template, tokens_bn, lengths_b, stopped_b) -> list[dic
         run.tokenizer, tokens_bn, lengths_b, stopped_b, run.sampling.stop_strings
     )
     golds = [ex.answer for ex in examples for _ in range(run.num_samples)]
-    verdicts = score(responses.texts, golds, config=run.reward, pool=run.pool)
+    rows = [ex for ex in examples for _ in range(run.num_samples)]
+    verdicts = grade(responses.texts, rows, config=run.reward, pool=run.pool)
     records = []
     for row, verdict in enumerate(verdicts):
         example = examples[row // run.num_samples]

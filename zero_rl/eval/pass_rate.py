@@ -33,8 +33,9 @@ from zero_rl import sharding
 from zero_rl.data.difficulty import filter_by_pass_rate
 from zero_rl.data.records import BENCHMARKS, Example, FieldMapping, read_benchmark, read_examples
 from zero_rl.data.templates import get_template
-from zero_rl.rewards import RewardConfig, VerifierPool, score
+from zero_rl.rewards import RewardConfig, VerifierPool
 from zero_rl.sampling import SamplingOptions, finish_responses, with_template_stops
+from zero_rl.tasks import grade as grade_rows
 from zero_rl.tokenizer import Tokenizer
 
 PASS_RATE_FIELDS = ("id", "pass_rate", "num_correct", "k")
@@ -223,8 +224,8 @@ def sample_pass_rates(
         texts = finish_responses(
             tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings
         ).texts
-        golds = [ex.answer for ex in batch for _ in range(s.k)]
-        correct = [v.correct for v in score(texts, golds, config=s.reward, pool=pool)]
+        rows = [ex for ex in batch for _ in range(s.k)]
+        correct = [v.correct for v in grade_rows(texts, rows, config=s.reward, pool=pool)]
         return [
             PromptResult(ex, tuple(texts[j * s.k : (j + 1) * s.k]),
                          tuple(correct[j * s.k : (j + 1) * s.k]))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from zero_rl.data import BENCHMARKS, Example, FieldMapping, load_benchmark, read_examples
+from zero_rl.tasks import TASKS, make_task
 
 # The six benchmarks SimpleRL-Zoo reports, under their short names.
 SIMPLERL_ZOO_BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23")
@@ -43,7 +45,7 @@ class EvalSet:
 
 def valid_names() -> list[str]:
     """Names `load_eval_set` accepts besides file paths and seqio task names."""
-    return sorted(set(BENCHMARKS) | set(ALIASES) | {SYNTHETIC})
+    return sorted(set(BENCHMARKS) | set(ALIASES) | {SYNTHETIC} | set(TASKS))
 
 
 def load_eval_set(
@@ -54,11 +56,14 @@ def load_eval_set(
     seqio_split: str = "test",
     synthetic_seed: int = 0,
     synthetic_size: int = 200,
+    task_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EvalSet:
     """The eval set called `name`:
 
     - a shipped benchmark (`zero_rl.data.BENCHMARKS`, plus "gsm8k" for its test split);
     - "synthetic_addition": the held-out split of the tiny config's addition task;
+    - a generated task ("countdown", "knights_knaves"): its held-out split, generated with
+      `task_settings[name]` (a run's `config.data.tasks`), else the task's defaults;
     - a path to a .jsonl / .json / .parquet file, read with `mapping` (default: MATH-style
       problem / answer fields), reported under the file's stem;
     - a registered seqio task (a name with a dot, e.g. "zero_rl.math500.qwen_boxed"): its
@@ -74,6 +79,9 @@ def load_eval_set(
         from zero_rl.data.synthetic import AdditionTask
 
         task = AdditionTask(eval_size=synthetic_size, seed=synthetic_seed)
+        return EvalSet(name, tuple(task.split("eval")[:limit]))
+    if name in TASKS:
+        task = make_task(name, (task_settings or {}).get(name))
         return EvalSet(name, tuple(task.split("eval")[:limit]))
     if name.endswith(_FILE_SUFFIXES) or os.sep in name:
         if not os.path.isfile(name):

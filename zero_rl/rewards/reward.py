@@ -103,7 +103,8 @@ class Verdict:
 
     `boxed`: the answer is in the required format, a `\\boxed{}` or the closed `<answer>` tag
     that ends an R1-Zero response (`Extraction.boxed`). `timed_out`: over the verification
-    budget (see `score`), hence incorrect.
+    budget (see `score`), hence incorrect. `reason`: why a task's verifier rejected the
+    response (`zero_rl.tasks.TaskCheck.reason`); "" for correct responses and math answers.
     """
 
     correct: bool
@@ -111,6 +112,7 @@ class Verdict:
     reward: float
     timed_out: bool
     boxed: bool
+    reason: str = ""
 
 
 def reward_for(correct: bool, boxed: bool, config: RewardConfig) -> float:

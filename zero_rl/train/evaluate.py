@@ -12,8 +12,9 @@ from tqdm import tqdm
 from zero_rl import sharding
 from zero_rl.data import encode_batch
 from zero_rl.data.records import Example
-from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score
+from zero_rl.rewards import RewardConfig, Verdict, VerifierPool
 from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
+from zero_rl.tasks import grade
 from zero_rl.tokenizer import Tokenizer
 
 
@@ -80,8 +81,8 @@ def evaluate(
         texts += responses.texts
         lengths.append(responses.lengths)
         stopped.append(responses.stopped)
-    answers = [ex.answer for ex in examples for _ in range(num_samples)]
-    verdicts = score(texts, answers, config=reward, pool=pool)
+    rows = [ex for ex in examples for _ in range(num_samples)]
+    verdicts = grade(texts, rows, config=reward, pool=pool)
     return EvalResult(
         accuracy=float(np.mean([v.correct for v in verdicts])),
         texts=texts,

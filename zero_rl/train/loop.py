@@ -25,14 +25,17 @@ from zero_rl.data import (
     PromptIterator,
     get_template,
 )
+from zero_rl.data.curriculum import Curriculum, CurriculumIterator
 from zero_rl.data.synthetic import sft_pairs
 from zero_rl.describe import write_description
-from zero_rl.eval import run_benchmarks
+from zero_rl.eval import load_eval_sets, run_benchmarks
+from zero_rl.eval.pass_rate import read_pass_rates
 from zero_rl.models import abstract_params, create_model, from_hf
 from zero_rl.models.config import RUNTIME_FIELDS
 from zero_rl.optim import sharded_init
 from zero_rl.rewards import VerifierPool
 from zero_rl.summaries import SummaryWriter
+from zero_rl.tasks import TASKS, is_task, make_task
 from zero_rl.train.evaluate import evaluate
 from zero_rl.train.metrics import (
     CompileCounter,
@@ -58,8 +61,10 @@ def _run_benchmarks(run: Run, params, step, *, writer, pool) -> None:
     """The chosen benchmarks (`config.eval`), one output directory per step; TensorBoard gets
     `eval/<benchmark>/accuracy` and friends."""
     config, e = run.config, run.config.eval
+    sets = load_eval_sets(benchmark_names(config), limit=e.limit or None,
+                          task_settings=config.data.tasks.to_dict())  # fmt: skip
     run_benchmarks(
-        run.graphdef, params, tokenizer=run.tokenizer, benchmarks=benchmark_names(config),
+        run.graphdef, params, tokenizer=run.tokenizer, benchmarks=sets,
         out_dir=os.path.join(run.workdir, "eval", f"step_{step:06d}"), template=run.template,
         sampling=run.eval_sampling, num_samples=e.num_samples, limit=e.limit or None,
         batch_size=config.rl.num_prompts, reward=run.eval_reward_cfg, pool=pool,
@@ -100,6 +105,24 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def teacher_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """The built-in SFT stage's (question, response) pairs: the noisy teacher of the synthetic
+    addition task or of a generated task, making its slip on `sft.carry_error_rate` of them."""
+    d = config.data
+    if d.train != "synthetic_addition" and not is_task(d.train):
+        raise ValueError(
+            "the built-in SFT stage makes pairs for synthetic_addition and the generated tasks "
+            f"({sorted(TASKS)}) only; run launch/sft.py on your SFT data and start RL from its "
+            "export"
+        )
+    train_examples, _ = load_examples(config)
+    rate, seed = config.sft.carry_error_rate, config.sft.seed
+    if d.train == "synthetic_addition":
+        return sft_pairs(train_examples, carry_error_rate=rate, seed=seed)
+    task = make_task(d.train, d.tasks[d.train].to_dict())
+    return task.sft_pairs(train_examples, error_rate=rate, seed=seed)
+
+
 def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     """The starting policy: an HF checkpoint or a random init, then the optional SFT stage."""
     if config.model.hf_path:
@@ -112,15 +135,7 @@ def _base_params(config, model_cfg, tokenizer, template, workdir, mesh, rules):
     if config.sft.steps > 0:
         from zero_rl.train.sft import train_sft  # noqa: PLC0415 - only runs with an SFT stage
 
-        if config.data.train != "synthetic_addition":
-            raise ValueError(
-                "the built-in SFT stage makes pairs for synthetic_addition only; "
-                "run launch/sft.py on your SFT data and start RL from its export"
-            )
-        train_examples, _ = load_examples(config)
-        pairs = sft_pairs(train_examples, carry_error_rate=config.sft.carry_error_rate,
-                          seed=config.sft.seed)  # fmt: skip
-        pairs = [(get_template(template).render(p), r) for p, r in pairs]
+        pairs = [(get_template(template).render(p), r) for p, r in teacher_pairs(config)]
         model = train_sft(config.sft, model=model, tokenizer=tokenizer, pairs=pairs,
                           workdir=os.path.join(workdir, "sft"), mesh=mesh)  # fmt: skip
     return nnx.split(model)[1]
@@ -204,6 +219,55 @@ def _collector(run: Run, pool: VerifierPool) -> RolloutCollector:
     )  # fmt: skip
 
 
+def _prompt_iterator(run: Run) -> PromptIterator | CurriculumIterator:
+    """This process's prompt batches: uniformly shuffled, or by `data.curriculum`'s mix."""
+    config, block = run.config, run.config.data.curriculum
+    where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if block.schedule == "none":
+        return PromptIterator(run.train_examples, config.rl.num_prompts, seed=config.seed, **where)
+    pass_rates = None
+    if block.by == "pass_rate":
+        if not os.path.isfile(block.pass_rate_file):
+            raise FileNotFoundError(
+                f"config.data.curriculum.pass_rate_file={block.pass_rate_file!r} does not exist "
+                "(launch/filter_difficulty.py writes it next to its --output)"
+            )
+        pass_rates = {i: r["pass_rate"] for i, r in read_pass_rates(block.pass_rate_file).items()}
+    curriculum = Curriculum.from_config(block)
+    return CurriculumIterator(run.train_examples, config.rl.num_prompts, config.seed, curriculum,
+                              pass_rates=pass_rates, **where)  # fmt: skip
+
+
+class _CurriculumTally:
+    """The rollout collector, counting each draw's verdicts per curriculum bucket as it goes.
+
+    With dynamic sampling a step draws several batches and keeps only the groups with signal;
+    the groups it drops are exactly the all-correct and all-wrong ones, so the kept groups
+    alone would pull every bucket's pass rate toward the middle and a mastered bucket would
+    never reach its threshold. Every sampled group counts, as in the step's train/ metrics.
+    """
+
+    def __init__(self, collector: RolloutCollector, iterator: CurriculumIterator):
+        self._collector, self._iterator = collector, iterator
+        self._counts = 0
+
+    def __getattr__(self, name):
+        return getattr(self._collector, name)
+
+    def draw(self, *args, **kwargs):
+        result = self._collector.draw(*args, **kwargs)
+        correct = [v.correct for v in result.verdicts]
+        self._counts = self._counts + self._iterator.counts(result.examples, correct)
+        return result
+
+    def end_step(self) -> None:
+        """Feeds the step's counts, summed over processes (each verified its own rows), to the
+        iterator: every process then holds the same pass rates, hence draws the same batches."""
+        counts, self._counts = self._counts, 0
+        gathered = sharding.gather_to_host(np.asarray(counts, np.int32)[None])
+        self._iterator.update_counts(gathered.sum(axis=0))
+
+
 def _step(run: Run, collector, params, opt_state, ref_params, iterator, step_rng):
     """One RL step, (rollout result, params, opt_state, device metrics): sample, verify, update.
     Its one device-to-host transfer is the response tokens (`RolloutCollector._local`)."""
@@ -229,12 +293,9 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     save_config(config, workdir, is_main)  # a config that fails to resolve leaves no trace
     if is_main:  # what evaluation and the notebooks sample the run's checkpoints with
         write_description(run.description, workdir)
-    rl = config.rl
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                         async_save=config.async_checkpoint)  # fmt: skip
-    iterator = PromptIterator(run.train_examples, rl.num_prompts, seed=config.seed,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())  # fmt: skip
+    iterator = _prompt_iterator(run)
     start_step, params, opt_state, ref_params, meta = _restore_or_start(run, ckpt, iterator)
     if start_step >= config.total_steps:
         log.info("the run already reached total_steps=%d; nothing to do", config.total_steps)
@@ -244,6 +305,9 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     writer = SummaryWriter(os.path.join(workdir, "tb"), enabled=is_main)
     pool = VerifierPool(num_workers=config.reward.num_workers, timeout_s=run.reward_cfg.timeout_s)
     collector = _collector(run, pool)
+    curriculum = isinstance(iterator, CurriculumIterator)
+    if curriculum:
+        collector = _CurriculumTally(collector, iterator)
     metrics: dict[str, float] = {}
     rng = jax.random.key(config.seed)
     try:
@@ -261,6 +325,9 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
                 metrics = step_metrics(result.stats, jax.device_get(device_metrics),
                                        learning_rate=float(lr),
                                        step_time_s=time.perf_counter() - t0)  # fmt: skip
+                if curriculum:  # the mix the next step draws with, and the pass rates so far
+                    collector.end_step()
+                    metrics |= iterator.stats()
                 done = step + 1
                 last = done == config.total_steps
                 if config.eval_every and (done % config.eval_every == 0 or last):

@@ -24,8 +24,9 @@ from zero_rl.data.iterator import encode_batch
 from zero_rl.data.records import Example
 from zero_rl.data.templates import get_template
 from zero_rl.eval.metrics import has_reflection
-from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, score, shape_rewards
+from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, shape_rewards
 from zero_rl.sampling import SamplingOptions, finish_responses, generate_padded
+from zero_rl.tasks import grade, reason_counts
 from zero_rl.tokenizer import Tokenizer
 from zero_rl.train.batch import Rollout, assemble_sequences, rollout_logprobs
 
@@ -175,9 +176,9 @@ class RolloutCollector:
             self.tokenizer, tokens_bn, lengths_b, stopped_b, s.stop_strings
         )
         texts, lengths_b, stopped_b = responses.texts, responses.lengths, responses.stopped
-        answers = [ex.answer for ex in examples for _ in range(self.num_samples)]
+        rows = [ex for ex in examples for _ in range(self.num_samples)]
         verify_start = time.perf_counter()
-        verdicts = score(texts, answers, config=self.reward, pool=self.pool)
+        verdicts = grade(texts, rows, config=self.reward, pool=self.pool)
         rewards_b = shape_rewards(
             np.asarray([v.reward for v in verdicts], np.float32),
             np.asarray([v.correct for v in verdicts], bool),
@@ -212,6 +213,9 @@ class RolloutCollector:
             "perf/verify_time_s": verify_time,
             "perf/sample_tokens": float(global_rows["length"].sum()),
         }
+        # Why a task's verifier rejected responses (this process's rows; tasks only).
+        for reason, count in reason_counts(verdicts).items():
+            stats[f"train/rejected/{reason}"] = float(count)
         if samples.stats is not None:  # live slot-steps over all slot-steps of the engine
             steps, slot_steps, live = _replicated_scalars(
                 samples.stats.decode_steps, samples.stats.slot_steps, samples.stats.live_slot_steps

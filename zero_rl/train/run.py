@@ -29,6 +29,7 @@ from zero_rl.eval.sets import load_eval_sets
 from zero_rl.models import abstract_params
 from zero_rl.optim import make_optimizer
 from zero_rl.sampling import SamplingOptions
+from zero_rl.tasks import is_task, make_task
 from zero_rl.train.rollout import fit_prompts
 from zero_rl.train.update import UpdateOptions
 
@@ -74,13 +75,18 @@ def load_examples(config: ml_collections.ConfigDict):
     if d.train == "synthetic_addition":
         task = AdditionTask(eval_size=d.eval_size or 200, seed=config.seed)
         return task.split("train"), task.split("eval")
-    train = read_data(config, "train")
+    train = task_split(config, d.train, "train") if is_task(d.train) else read_data(config, "train")
     if d.difficulty:
         train = select_difficulty(train, d.difficulty)
-    held_out = read_data(config, "eval")
+    held_out = task_split(config, d.eval, "eval") if is_task(d.eval) else read_data(config, "eval")
     if d.eval_size:
         held_out = held_out[: d.eval_size]
     return train, held_out
+
+
+def task_split(config: ml_collections.ConfigDict, name: str, split: str) -> list:
+    """A generated task's split, with the task's settings in `config.data.tasks.<name>`."""
+    return make_task(name, config.data.tasks[name].to_dict()).split(split)
 
 
 def show_progress(config: ml_collections.ConfigDict) -> bool:
@@ -187,7 +193,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
         for name, examples in zip(("data.train", "data.eval"), load_examples(config))
     )  # fmt: skip
     if config.eval.benchmarks:  # names and prompt lengths now, not after the SFT stage
-        for eval_set in load_eval_sets(benchmark_names(config), limit=config.eval.limit or None):
+        for eval_set in load_eval_sets(benchmark_names(config), limit=config.eval.limit or None,
+                                       task_settings=config.data.tasks.to_dict()):  # fmt: skip
             fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
                         max_prompt_len=max_len,
                         name=f"eval.benchmarks {eval_set.name}")  # fmt: skip

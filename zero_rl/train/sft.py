@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from zero_rl import sharding
 from zero_rl.checkpoint import Checkpointer
 from zero_rl.data.records import RecordError, _iter_records
+from zero_rl.data.sft_formats import get_converter
 from zero_rl.models import Transformer, param_shardings, token_logprobs
 from zero_rl.optim import make_optimizer, sharded_init
 from zero_rl.summaries import SummaryWriter
@@ -73,18 +74,23 @@ class SFTPairs:
 def read_sft_pairs(
     path: str | os.PathLike,
     *,
-    prompt_field: str,
-    response_field: str,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    format: str = "fields",
     limit: int | None = None,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> SFTPairs:
-    """(prompt, response) pairs from the string fields of a .jsonl, .json or .parquet file.
+    """(prompt, response) pairs from the records of a .jsonl, .json or .parquet file.
 
-    A record without both fields as non-empty strings raises a RecordError naming the file and
-    line/row (`on_error="raise"`), or is left out and counted in `SFTPairs.skipped` ("skip").
+    `format` maps a record to its pair: "fields" (the default) takes the string fields
+    `prompt_field` and `response_field` verbatim; the others read a public long-CoT dataset's
+    own fields (`zero_rl.data.sft_formats` lists them). A record the format cannot use raises a
+    RecordError naming the file, line/row and reason (`on_error="raise"`), or is left out and
+    counted in `SFTPairs.skipped` ("skip").
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    convert = get_converter(format, prompt_field=prompt_field, response_field=response_field)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no SFT data file at {path}")
@@ -92,22 +98,18 @@ def read_sft_pairs(
     for location, record in _iter_records(path):
         if limit is not None and len(pairs) >= limit:
             break
-        problem = None
         if isinstance(record, Exception):
-            problem = str(record)
+            result = str(record)
         elif not isinstance(record, dict):
-            problem = f"record is a {type(record).__name__}, not an object"
+            result = f"record is a {type(record).__name__}, not an object"
         else:
-            for field in (prompt_field, response_field):
-                if not isinstance(record.get(field), str) or not record[field]:
-                    problem = f"field {field!r} is missing or not a string"
-                    break
-        if problem is not None:
+            result = convert(record)
+        if isinstance(result, str):
             if on_error == "raise":
-                raise RecordError(f"{path}:{location}: {problem}")
-            skipped.append(f"{path}:{location}: {problem}")
+                raise RecordError(f"{path}:{location}: {result}")
+            skipped.append(f"{path}:{location}: {result}")
             continue
-        pairs.append((record[prompt_field], record[response_field]))
+        pairs.append(result)
     if skipped:
         log.warning("%s: skipped %d bad records, first: %s", path, len(skipped), skipped[0])
     if not pairs:
