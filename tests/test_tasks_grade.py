@@ -113,3 +113,13 @@ def test_a_task_is_an_eval_set_with_the_runs_settings():
     assert [ex.id for ex in eval_set.examples] == [ex.id for ex in held_out[:5]]
     default = load_eval_set("knights_knaves", limit=2)  # Logic-RL's prompt without settings
     assert default.examples[0].prompt.startswith("A very special island")
+
+
+def test_a_real_config_trains_on_a_task_without_math_levels():
+    path = os.path.join(REPO, "configs", "qwen2_5_1_5b.py")
+    task = ["data.train=countdown", "data.eval=countdown"]
+    with pytest.raises(ValueError, match="selects MATH levels.*data.difficulty=''"):
+        run_lib.load_examples(load_config(path, task))
+    train, held_out = run_lib.load_examples(load_config(path, task + ["data.difficulty="]))
+    assert (len(train), len(held_out)) == (10_000, 200)
+    assert train[0].prompt.startswith("Using the numbers [")

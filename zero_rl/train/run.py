@@ -75,6 +75,11 @@ def load_examples(config: ml_collections.ConfigDict):
     if d.train == "synthetic_addition":
         task = AdditionTask(eval_size=d.eval_size or 200, seed=config.seed)
         return task.split("train"), task.split("eval")
+    if is_task(d.train) and d.difficulty:
+        raise ValueError(
+            f"data.difficulty={d.difficulty!r} selects MATH levels, and the {d.train!r} task has "
+            "none: set --config.data.difficulty='' (a task's difficulty is in data.tasks)"
+        )
     train = task_split(config, d.train, "train") if is_task(d.train) else read_data(config, "train")
     if d.difficulty:
         train = select_difficulty(train, d.difficulty)
