@@ -54,7 +54,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["zero_rl", "zero_rl.*"]),
-    package_data={"zero_rl": ["data/benchmarks/**/*", "assets/**/*"]},
+    package_data={"zero_rl": ["data/benchmarks/**/*", "assets/**/*", "tasks/data/*"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "zero_rl"
 
 # Lowest first. A part may import parts of its own layer or of any layer before it.
 LAYERS = [
-    {"sharding", "tokenizer", "summaries", "optim", "checkpoint"},  # no other zero_rl part
+    {"sharding", "tokenizer", "summaries", "optim", "checkpoint", "sandbox"},  # no other part
     {"models", "rl", "rewards"},
     {"data", "sampler", "tasks"},
     {"sampling"},

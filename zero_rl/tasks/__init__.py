@@ -4,6 +4,8 @@
   itself (never `eval`) and checks which numbers it uses.
 - "knights_knaves" (Logic-RL): who tells the truth on an island of knights and knaves; the
   generator solves every puzzle and keeps only those with one solution.
+- "code": write a Python program that passes a problem's tests (stdin/stdout or asserts), each
+  test run in `zero_rl.sandbox` (no network, no host files, resource limits).
 
 `data.train` / `data.eval` name a task to train or evaluate on it (its settings are
 `config.data.tasks.<name>`). `grade` scores a batch whose rows may mix tasks and math examples.
@@ -18,10 +20,15 @@ from typing import Any
 from zero_rl.data.records import Example
 from zero_rl.rewards import RewardConfig, Verdict, VerifierPool, reward_for, score
 from zero_rl.tasks.base import Task, TaskCheck
+from zero_rl.tasks.code import CodeTask
 from zero_rl.tasks.countdown import CountdownTask
 from zero_rl.tasks.knights_knaves import KnightsKnavesTask
 
-TASKS: dict[str, type] = {"countdown": CountdownTask, "knights_knaves": KnightsKnavesTask}
+TASKS: dict[str, type] = {
+    "countdown": CountdownTask,
+    "knights_knaves": KnightsKnavesTask,
+    "code": CodeTask,
+}
 # One instance per task for checking: a check depends on the example (its meta), not on the
 # generator's settings.
 _CHECKERS: dict[str, Task] = {name: cls() for name, cls in TASKS.items()}
@@ -56,27 +63,42 @@ def grade(
     if len(texts) != len(examples):
         raise ValueError(f"{len(texts)} responses but {len(examples)} examples")
     verdicts: list[Verdict | None] = [None] * len(texts)
-    math_rows = []
-    for i, (text, example) in enumerate(zip(texts, examples)):
-        checker = _CHECKERS.get(example.source)
-        if checker is None:
+    math_rows, task_rows = [], collections.defaultdict(list)
+    for i, example in enumerate(examples):
+        if example.source in _CHECKERS:
+            task_rows[example.source].append(i)
+        else:
             math_rows.append(i)
-            continue
-        check = checker.check(text, example)
-        verdicts[i] = Verdict(
-            correct=check.correct,
-            extracted=check.answer,
-            reward=reward_for(check.correct, check.boxed, config),
-            timed_out=False,
-            boxed=check.boxed,
-            reason=check.reason,
-        )
+    for name, rows in task_rows.items():
+        checker = _CHECKERS[name]
+        if hasattr(checker, "check_batch"):  # one call, which runs the rows in parallel
+            checks = checker.check_batch([texts[i] for i in rows], [examples[i] for i in rows])
+        else:
+            checks = [checker.check(texts[i], examples[i]) for i in rows]
+        for i, check in zip(rows, checks):
+            verdicts[i] = Verdict(
+                correct=check.correct,
+                extracted=check.answer,
+                reward=_task_reward(check, config),
+                timed_out=False,
+                boxed=check.boxed,
+                reason=check.reason,
+            )
     if math_rows:
         math = score([texts[i] for i in math_rows], [examples[i].answer for i in math_rows],
                      config=config, pool=pool)  # fmt: skip
         for i, verdict in zip(math_rows, math):
             verdicts[i] = verdict
     return verdicts
+
+
+def _task_reward(check: TaskCheck, config: RewardConfig) -> float:
+    """`reward_for` of the check; with a partial `score` under mode "correctness", the reward
+    between the incorrect (score 0) and the correct one (score 1), less any format penalty."""
+    if check.score is None or config.mode != "correctness":
+        return reward_for(check.correct, check.boxed, config)
+    low, high = reward_for(False, check.boxed, config), reward_for(True, check.boxed, config)
+    return low + check.score * (high - low)
 
 
 def reason_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
@@ -86,6 +108,7 @@ def reason_counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
 
 __all__ = [
     "TASKS",
+    "CodeTask",
     "CountdownTask",
     "KnightsKnavesTask",
     "Task",

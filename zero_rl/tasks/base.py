@@ -25,12 +25,15 @@ class TaskCheck:
       boxed: the answer is in the required format (a `\\boxed{}` or a closed `<answer>` tag).
       reason: why it is wrong, one of the task's `REASONS` ("" when correct): counted per
         step in the training metrics, so a run shows how its responses fail.
+      score: partial credit in [0, 1] (e.g. the fraction of a program's tests passed); None
+        for all-or-nothing tasks, whose reward follows `correct` alone.
     """
 
     correct: bool
     answer: str | None
     boxed: bool
     reason: str = ""
+    score: float | None = None
 
 
 class Task(Protocol):
