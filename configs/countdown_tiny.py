@@ -10,22 +10,16 @@ them, answers with its last step instead of the whole expression ("3+5=8, 8*7=56
     python launch/train.py --config=configs/countdown_tiny.py --workdir=/tmp/zero-rl-countdown
 """
 
-import importlib.util
 import os
 
-from zero_rl.config import tiny_task_tokenizer
+from zero_rl.config import load_config, tiny_task_tokenizer
 
-
-def _tiny_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+# The default run's config, which this one changes.
+TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
 
 
 def get_config():
-    c = _tiny_config()
+    c = load_config(TINY)
     c.tokenizer.path = tiny_task_tokenizer("countdown")
     c.data.train = c.data.eval = "countdown"
     c.data.tasks.countdown.update(

@@ -33,7 +33,7 @@ from zero_rl import sharding
 from zero_rl.data.difficulty import filter_by_pass_rate
 from zero_rl.data.records import BENCHMARKS, Example, FieldMapping, read_benchmark, read_examples
 from zero_rl.data.templates import get_template
-from zero_rl.rewards import RewardConfig, VerifierPool
+from zero_rl.rewards import RewardConfig, Verdict, VerifierPool
 from zero_rl.sampling import SamplingOptions, finish_responses, with_template_stops
 from zero_rl.tasks import grade as grade_rows
 from zero_rl.tokenizer import Tokenizer
@@ -170,7 +170,7 @@ class Sampling:
         }  # fmt: skip
 
 
-def sample_pass_rates(
+def sample_graded(
     policy: tuple[Any, Any],
     tokenizer: Tokenizer,
     examples: Sequence[Example],
@@ -179,16 +179,18 @@ def sample_pass_rates(
     done: Collection[str] = (),
     pool: VerifierPool | None = None,
     input_sharding: jax.sharding.Sharding | None = None,
-) -> Iterator[list[PromptResult]]:
-    """Yields the graded responses batch by batch, for the examples whose id is not in `done`.
+) -> Iterator[list[tuple[Example, list[str], list[Verdict], np.ndarray]]]:
+    """Yields, batch by batch, each prompt's k responses with their verdicts and stop flags
+    ([k] texts, [k] Verdicts, [k] bool), for the examples whose id is not in `done`.
 
     Args:
       policy: `(graphdef, params)` as `nnx.split(model)` gives them (params may be sharded).
       examples: all prompts; a batch's samples are keyed by its first prompt's position here,
         so a resumed run draws what an uninterrupted one would have.
-      pool: the verifier pool (default: the module-level one).
+      pool: the math verifier's pool (default: the module-level one).
 
-    The next batch is generated while a host thread grades the last one.
+    The next batch is generated while a host thread grades the last one with
+    `zero_rl.tasks.grade` under `sampling.reward`.
     """
     s = sampling
     options = with_template_stops(s.options, tokenizer, s.template)
@@ -221,16 +223,13 @@ def sample_pass_rates(
         return tuple(x[:rows] for x in host)
 
     def grade(batch: list[Example], tokens_bn, lengths_b, stopped_b):
-        texts = finish_responses(
-            tokenizer, tokens_bn, lengths_b, stopped_b, options.stop_strings
-        ).texts
+        finished = finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b,
+                                    options.stop_strings)  # fmt: skip
         rows = [ex for ex in batch for _ in range(s.k)]
-        correct = [v.correct for v in grade_rows(texts, rows, config=s.reward, pool=pool)]
-        return [
-            PromptResult(ex, tuple(texts[j * s.k : (j + 1) * s.k]),
-                         tuple(correct[j * s.k : (j + 1) * s.k]))
-            for j, ex in enumerate(batch)
-        ]  # fmt: skip
+        verdicts = grade_rows(finished.texts, rows, config=s.reward, pool=pool)
+        spans = [slice(j * s.k, (j + 1) * s.k) for j in range(len(batch))]
+        return [(ex, finished.texts[span], verdicts[span], np.asarray(finished.stopped[span]))
+                for ex, span in zip(batch, spans)]  # fmt: skip
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as grader:
         pending = None
@@ -242,6 +241,19 @@ def sample_pass_rates(
             pending = grader.submit(grade, batch, *outputs)
         if pending is not None:
             yield pending.result()
+
+
+def sample_pass_rates(
+    policy: tuple[Any, Any],
+    tokenizer: Tokenizer,
+    examples: Sequence[Example],
+    sampling: Sampling,
+    **kwargs: Any,
+) -> Iterator[list[PromptResult]]:
+    """`sample_graded`'s batches as PromptResults (texts and verdicts of each prompt)."""
+    for batch in sample_graded(policy, tokenizer, examples, sampling, **kwargs):
+        yield [PromptResult(ex, tuple(texts), tuple(v.correct for v in verdicts))
+               for ex, texts, verdicts, _ in batch]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

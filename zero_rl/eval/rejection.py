@@ -21,22 +21,18 @@ command line.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
-from zero_rl import sampling as sampling_lib
-from zero_rl import sharding
-from zero_rl.data import Example, FieldMapping, get_template
+from zero_rl.data import Example, FieldMapping
 from zero_rl.eval.harness import check_prompt_lengths
 from zero_rl.eval.pass_rate import (
     Sampling,
@@ -44,13 +40,13 @@ from zero_rl.eval.pass_rate import (
     _check_resume,
     load_source,
     read_pass_rates,
+    sample_graded,
     settings_path,
 )
 from zero_rl.eval.sets import EvalSet
 from zero_rl.eval.store import write_jsonl
 from zero_rl.rewards import VerifierPool
-from zero_rl.sampling import finish_responses, with_template_stops
-from zero_rl.tasks import grade, is_task, make_task
+from zero_rl.tasks import is_task, make_task
 from zero_rl.tokenizer import Tokenizer
 
 # One line of the output: what SFT reads (`prompt`, `response`: the raw question, which SFT
@@ -174,71 +170,18 @@ def sample_responses(
     tokenizer: Tokenizer,
     examples: Sequence[Example],
     sampling: Sampling,
-    *,
-    done: Collection[str] = (),
-    pool: VerifierPool | None = None,
-    input_sharding: jax.sharding.Sharding | None = None,
+    **kwargs: Any,
 ) -> Iterator[list[PromptSamples]]:
-    """Yields the graded responses batch by batch, for the examples whose id is not in `done`.
-
-    The batches, keys and padding are those of `zero_rl.eval.pass_rate.sample_pass_rates`, so
-    the same `sampling` draws the same responses there and here, and a resumed run draws what
-    an uninterrupted one would have. The next batch is generated while a host thread grades
-    the last one with `zero_rl.tasks.grade` under `sampling.reward`.
-
-    Args:
-      policy: `(graphdef, params)` as `nnx.split(model)` gives them (params may be sharded).
-      examples: all prompts; a batch's key is its first prompt's position here.
-      pool: the math verifier's pool (default: the module-level one).
-    """
-    s = sampling
-    options = with_template_stops(s.options, tokenizer, s.template)
-    render = get_template(s.template).render
-    todo = [(i, ex) for i, ex in enumerate(examples) if ex.id not in done]
-    prompts = tokenizer.batch_encode(
-        [render(ex.prompt) for _, ex in todo], add_bos=tokenizer.add_bos_default
-    )
-    key = jax.random.key(s.seed)
-
-    def generate(start: int) -> tuple[np.ndarray, ...]:
-        chunk = prompts[start : start + s.batch_size]
-        # A short last batch repeats its last prompt: one shape, and no slicing of arrays
-        # sharded over other hosts; the extra rows are dropped here, on the host.
-        padded = chunk + [chunk[-1]] * (s.batch_size - len(chunk))
-        out = sampling_lib.generate(
-            policy, padded, options, num_samples=s.k,
-            rng=jax.random.fold_in(key, todo[start][0]), tokenizer=tokenizer,
-            input_sharding=input_sharding,
-        ).output  # fmt: skip
-        rows = len(chunk) * s.k
-        host = sharding.gather_to_host((out.tokens_bn, out.lengths_b, out.stopped_b))
-        return tuple(x[:rows] for x in host)
-
-    def grade_batch(batch: list[Example], tokens_bn, lengths_b, stopped_b):
-        finished = finish_responses(tokenizer, tokens_bn, lengths_b, stopped_b,
-                                    options.stop_strings)  # fmt: skip
-        rows = [ex for ex in batch for _ in range(s.k)]
-        verdicts = grade(finished.texts, rows, config=s.reward, pool=pool)
-        out = []
-        for j, ex in enumerate(batch):
-            span = slice(j * s.k, (j + 1) * s.k)
-            out.append(PromptSamples(
-                ex, tuple(finished.texts[span]), tuple(bool(v.correct) for v in verdicts[span]),
-                tuple(bool(x) for x in finished.stopped[span]),
-                tuple(v.extracted for v in verdicts[span]),
-            ))  # fmt: skip
-        return out
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as grader:
-        pending = None
-        for start in range(0, len(todo), s.batch_size):
-            outputs = generate(start)
-            if pending is not None:
-                yield pending.result()
-            batch = [ex for _, ex in todo[start : start + s.batch_size]]
-            pending = grader.submit(grade_batch, batch, *outputs)
-        if pending is not None:
-            yield pending.result()
+    """Yields the graded responses batch by batch (`zero_rl.eval.pass_rate.sample_graded`,
+    whose batches, keys and padding `filter_difficulty` samples with too: the same `sampling`
+    draws the same responses there and here), with each response's stop flag and the answer
+    the verifier read. `kwargs`: `sample_graded`'s `done`, `pool`, `input_sharding`."""
+    for batch in sample_graded(policy, tokenizer, examples, sampling, **kwargs):
+        yield [
+            PromptSamples(ex, tuple(texts), tuple(bool(v.correct) for v in verdicts),
+                          tuple(bool(x) for x in stopped), tuple(v.extracted for v in verdicts))
+            for ex, texts, verdicts, stopped in batch
+        ]  # fmt: skip
 
 
 def read_samples(path: str | os.PathLike, *, k: int | None = None) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ datasets) to the math verifier (`zero_rl.rewards.score`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 from zero_rl.data.records import Example
@@ -77,3 +77,35 @@ def marked_answer(text: str) -> str | None:
     except OverBudget:
         return None
     return None if boxed is None else boxed.answer
+
+
+# Draws in a row that found nothing new: the generator's space of problems is spent.
+MAX_MISSES = 20_000
+
+
+def draw_distinct(
+    draw: Callable[[], tuple[Hashable, Example] | None], wanted: int, what: str
+) -> list[Example]:
+    """`wanted` examples from `draw` (a random problem and its key, or None for a draw to
+    discard), each key once, in the order drawn; a ValueError naming `what` when the space of
+    distinct problems runs out first."""
+    seen, examples, misses = set(), [], 0
+    while len(examples) < wanted:
+        misses += 1
+        if misses > MAX_MISSES:
+            raise ValueError(f"found only {len(examples)} distinct {what} of the {wanted} asked "
+                             "for (train_size + eval_size): ask for fewer")  # fmt: skip
+        drawn = draw()
+        if drawn is None or drawn[0] in seen:
+            continue
+        seen.add(drawn[0])
+        examples.append(drawn[1])
+        misses = 0
+    return examples
+
+
+def held_out_split(problems: Sequence[Example], eval_size: int, name: str) -> list[Example]:
+    """The "train" split (all but the first `eval_size` problems) or the "eval" split."""
+    if name not in ("train", "eval"):
+        raise ValueError(f"unknown split {name!r}; valid: train, eval")
+    return list(problems[eval_size:] if name == "train" else problems[:eval_size])

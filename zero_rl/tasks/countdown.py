@@ -26,7 +26,7 @@ import numpy as np
 
 from zero_rl.data.records import Example, RecordError
 from zero_rl.data.records import _iter_records as iter_records
-from zero_rl.tasks.base import TaskCheck, marked_answer
+from zero_rl.tasks.base import TaskCheck, draw_distinct, held_out_split, marked_answer
 
 NAME = "countdown"
 REASONS = (
@@ -41,7 +41,6 @@ REASONS = (
 MAX_EXPRESSION_CHARS = 200
 _MAX_DEPTH = 16  # parentheses nesting: deeper is no answer a person would write
 _MAX_DIGITS = 6
-_MAX_MISSES = 20_000
 # LaTeX and Unicode spellings of the four operations and of parentheses.
 _ALIASES = (
     ("\\left(", "("), ("\\right)", ")"), ("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"),
@@ -269,28 +268,19 @@ class CountdownTask:
     def _problems(self) -> list[Example]:
         # Python's generator: a draw is a few small calls, each ~20x cheaper than NumPy's.
         rng = random.Random(self.seed)
-        wanted, seen, examples = self.eval_size + self.train_size, set(), []
-        misses = 0
-        while len(examples) < wanted:
-            misses += 1
-            if misses > _MAX_MISSES:  # draws since the last new problem: the space is spent
-                raise ValueError(
-                    f"found only {len(examples)} distinct problems of the {wanted} asked for "
-                    f"(train_size + eval_size) with up to {self.max_numbers} numbers <= "
-                    f"{self.max_number} and targets <= {self.max_target}: ask for fewer"
-                )
+
+        def draw():
             count = rng.randint(self.min_numbers, self.max_numbers)
             numbers = [rng.randint(1, self.max_number) for _ in range(count)]
             solution = _random_solution(rng, numbers, self.operations, self.in_order)
             if solution is None or not 1 <= solution.value <= self.max_target:
-                continue
+                return None
             key = (tuple(sorted(numbers)), solution.value)
-            if key in seen:
-                continue
-            seen.add(key)
-            misses = 0
-            examples.append(self.example(numbers, solution.value, solution))
-        return examples
+            return key, self.example(numbers, solution.value, solution)
+
+        what = (f"problems with up to {self.max_numbers} numbers <= {self.max_number} and "
+                f"targets <= {self.max_target}")  # fmt: skip
+        return draw_distinct(draw, self.eval_size + self.train_size, what)
 
     def example(
         self, numbers: Sequence[int], target: int, solution: _Solution | None = None
@@ -316,8 +306,7 @@ class CountdownTask:
                                  f"train on after eval_size={self.eval_size}")  # fmt: skip
             held_out, train = problems[: self.eval_size], problems[self.eval_size :]
             return train[: self.train_size] if name == "train" else held_out
-        problems = self._problems()
-        return problems[self.eval_size :] if name == "train" else problems[: self.eval_size]
+        return held_out_split(self._problems(), self.eval_size, name)
 
     def check(self, response: str, example: Example) -> TaskCheck:
         return check(response, example)

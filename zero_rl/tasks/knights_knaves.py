@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from zero_rl.data.records import Example
-from zero_rl.tasks.base import TaskCheck, marked_answer
+from zero_rl.tasks.base import TaskCheck, draw_distinct, held_out_split, marked_answer
 
 NAME = "knights_knaves"
 REASONS = (
@@ -40,7 +40,6 @@ NAMES = (
     "Henry", "Ella", "Jack", "Luna", "Owen", "Grace",
 )  # fmt: skip
 LETTERS = tuple("ABCDEFGH")
-_MAX_MISSES = 20_000
 
 
 # A statement is ("is", person, is_knight) or ("not", statement) or (connective, a, b): JSON
@@ -222,23 +221,17 @@ class KnightsKnavesTask:
 
     def _problems(self) -> list[Example]:
         rng = random.Random(self.seed)
-        wanted, seen, examples, misses = self.eval_size + self.train_size, set(), [], 0
-        while len(examples) < wanted:
-            misses += 1
-            if misses > _MAX_MISSES:  # draws since the last new puzzle: the space is spent
-                raise ValueError(f"found only {len(examples)} distinct puzzles of the {wanted} "
-                                 "asked for (train_size + eval_size): ask for fewer")  # fmt: skip
+
+        def draw():
             n = rng.randint(self.min_people, self.max_people)
             statements = [self._statement(rng, n) for _ in range(n)]
             found = solutions(statements)
-            key = repr(statements)
-            if len(found) != 1 or key in seen:
-                continue
-            seen.add(key)
-            misses = 0
+            if len(found) != 1:
+                return None
             names = list(LETTERS[:n]) if self.prompt_style == "short" else rng.sample(NAMES, n)
-            examples.append(self.example(statements, names, list(found[0])))
-        return examples
+            return repr(statements), self.example(statements, names, list(found[0]))
+
+        return draw_distinct(draw, self.eval_size + self.train_size, "puzzles")
 
     def example(self, statements: Sequence, names: Sequence[str], solution) -> Example:
         return Example(
@@ -252,10 +245,7 @@ class KnightsKnavesTask:
 
     def split(self, name: str) -> list[Example]:
         """ "train" or "eval" (the first `eval_size` puzzles drawn, held out)."""
-        if name not in ("train", "eval"):
-            raise ValueError(f"unknown split {name!r}; valid: train, eval")
-        problems = self._problems()
-        return problems[self.eval_size :] if name == "train" else problems[: self.eval_size]
+        return held_out_split(self._problems(), self.eval_size, name)
 
     def check(self, response: str, example: Example) -> TaskCheck:
         return check(response, example)
