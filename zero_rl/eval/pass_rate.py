@@ -170,6 +170,15 @@ class Sampling:
         }  # fmt: skip
 
 
+def append_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Appends JSON lines and syncs them to disk: a crash loses at most the batch being
+    written, which `read_pass_rates` drops as a torn last line."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def sample_graded(
     policy: tuple[Any, Any],
     tokenizer: Tokenizer,
@@ -415,10 +424,7 @@ def filter_difficulty(
         for results in batches:
             records = [r.record(with_responses=with_responses) for r in results]
             if is_main:
-                with pass_rates_path.open("a", encoding="utf-8") as f:
-                    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                    f.flush()
-                    os.fsync(f.fileno())
+                append_records(pass_rates_path, records)
             done.update((r["id"], r) for r in records)
             num_sampled += len(records)
             bar.update(len(records))

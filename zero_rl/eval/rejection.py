@@ -38,6 +38,7 @@ from zero_rl.eval.pass_rate import (
     Sampling,
     Source,
     _check_resume,
+    append_records,
     load_source,
     read_pass_rates,
     sample_graded,
@@ -333,10 +334,7 @@ def rejection_sample(
         for results in batches:
             records = [r.record() for r in results]
             if is_main:
-                with samples_path.open("a", encoding="utf-8") as f:
-                    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                    f.flush()
-                    os.fsync(f.fileno())
+                append_records(samples_path, records)
             done.update((r["id"], r) for r in records)
             num_sampled += len(records)
             bar.update(len(records))
