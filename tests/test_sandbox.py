@@ -2,7 +2,9 @@
 that says why, and the next program runs as usual."""
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 
 import pytest
@@ -200,6 +202,27 @@ print(os.listdir({REPO!r}))
     assert not os.path.exists(probe)
     with open(os.path.join(REPO, "zero_rl", "__init__.py")) as f:
         assert "pwned" not in f.read()
+
+
+@isolated
+def test_a_hidden_directory_shows_empty_to_every_later_program(monkeypatch):
+    # A trainer's workdir (checkpoints, logs), beside the project: /tmp, which holds pytest's
+    # tmp_path, is the sandbox's own tmpfs, so a directory there is never visible anyway.
+    workdir = tempfile.mkdtemp(prefix="zero_rl_hidden_", dir=os.path.dirname(REPO))
+    try:
+        os.chmod(workdir, 0o755)
+        os.mkdir(os.path.join(workdir, "checkpoints"))
+        source = f"import os\nprint(os.listdir({workdir!r}))"
+        before = run(source)
+        if before.stdout != b"['checkpoints']\n":
+            pytest.skip(f"the project's parent is not visible to programs here: {before}")
+        monkeypatch.setattr(sandbox, "_ALWAYS_HIDDEN", set())
+        sandbox.hide_always(workdir)
+        assert workdir in sandbox._hidden(LIMITS)
+        assert run(source).stdout == b"[]\n"
+        assert os.listdir(workdir) == ["checkpoints"]  # hidden from programs, not removed
+    finally:
+        shutil.rmtree(workdir)
 
 
 @isolated

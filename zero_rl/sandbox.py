@@ -253,8 +253,18 @@ def _kill_uid(uid: int) -> None:
                 pass
 
 
+# Directories hidden from every program this process runs (`hide_always`).
+_ALWAYS_HIDDEN: set[str] = set()
+
+
+def hide_always(path: str | os.PathLike) -> None:
+    """Hides the directory `path` from every program this process runs from now on, as if it
+    were in each run's `Limits.hide`: the trainer hides its workdir (checkpoints, logs)."""
+    _ALWAYS_HIDDEN.add(os.path.abspath(path))
+
+
 def _hidden(limits: Limits) -> list[str]:
-    paths = [_PROJECT_DIR, *map(os.path.abspath, limits.hide)]
+    paths = [_PROJECT_DIR, *sorted(_ALWAYS_HIDDEN), *map(os.path.abspath, limits.hide)]
     # Never the interpreter's own library: the program imports from it after the mounts.
     return [p for p in paths if not (_STDLIB_DIR + os.sep).startswith(p.rstrip(os.sep) + os.sep)]
 

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from zero_rl import config as config_lib
-from zero_rl import sharding
+from zero_rl import sandbox, sharding
 from zero_rl.checkpoint import Checkpointer, any_process
 from zero_rl.data import (
     PromptIterator,
@@ -290,6 +290,7 @@ def _train(config, workdir: str, preemption: _Preemption) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     run = resolve(config, workdir)
+    sandbox.hide_always(workdir)  # programs a task runs (the code task) never see checkpoints
     save_config(config, workdir, is_main)  # a config that fails to resolve leaves no trace
     if is_main:  # what evaluation and the notebooks sample the run's checkpoints with
         write_description(run.description, workdir)
