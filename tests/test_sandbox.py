@@ -4,6 +4,8 @@ that says why, and the next program runs as usual."""
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -303,3 +305,27 @@ for target in ({me}, -1, os.getppid()):  # the last ends the program itself (its
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     assert run(bomb).status == "timeout"
     assert_still_works()
+
+
+def test_processes_grading_at_once_never_share_a_uid(tmp_path):
+    # Root's sandboxes run each program as a uid of its own and kill that uid's processes after
+    # the run: two grading processes (test workers, hosts' pools) holding one would kill each
+    # other's programs.
+    slots = sandbox._Slots(lock_dir=str(tmp_path))
+    slots._next = 0  # both start their search at the same slot: only the locks keep them apart
+    mine = {slots.take(), slots.take()}
+    other = subprocess.run(
+        [sys.executable, "-c", "from zero_rl import sandbox\n"
+         f"s = sandbox._Slots(lock_dir={str(tmp_path)!r})\ns._next = 0\n"
+         "print(s.take(), s.take())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(mine) == 2 and not mine & {int(uid) for uid in other}, (mine, other)
+    for uid in mine:
+        slots.give(uid)
+    again = subprocess.run(
+        [sys.executable, "-c", "from zero_rl import sandbox\n"
+         f"s = sandbox._Slots(lock_dir={str(tmp_path)!r})\ns._next = 0\nprint(s.take())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert int(again[0]) == sandbox.UID_BASE  # released: the first slot is free again

@@ -151,10 +151,14 @@ def test_hostile_programs_score_zero_with_reasons_and_the_batch_goes_on():
         )
     ] * 7
     verdicts = grade(texts, examples, config=RewardConfig(num_workers=1))
-    assert [v.reward for v in verdicts] == [0.0] * 6 + [1.0]
-    counts = reason_counts(verdicts)
-    assert counts["timeout"] == 2 and counts["memory"] == 1 and counts["output_limit"] == 1
-    assert counts["runtime_error"] == 1 and counts["wrong_answer"] == 1  # connect; no output
+    reasons = [v.reason for v in verdicts]
+    assert [v.reward for v in verdicts] == [0.0] * 6 + [1.0], reasons
+    # Killing the parent reaches nothing outside the sandbox: the program ends with no output,
+    # or (its own process group killed first) is reported killed.
+    expected = ["timeout", "memory", "timeout", "output_limit", "runtime_error"]
+    assert reasons[:5] == expected and reasons[5] in ("wrong_answer", "killed"), reasons
+    assert reasons[6] == ""
+    assert sum(reason_counts(verdicts).values()) == 6
 
 
 def test_malformed_examples():

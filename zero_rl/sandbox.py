@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import os
 import selectors
@@ -223,20 +224,36 @@ class RunResult:
 
 class _Slots:
     """Per-run uids for root's sandboxes, so that RLIMIT_NPROC and the clean-up by uid see one
-    program's processes only."""
+    program's processes only. A uid is held with an exclusive `flock` on a file of its own, so
+    that processes grading at the same time (data-parallel hosts' pools, test workers) never
+    share one: the lock goes with the file descriptor, also when its holder dies."""
 
-    def __init__(self):
-        self._lock, self._free = threading.Lock(), list(range(_MAX_SLOTS - 1, -1, -1))
+    def __init__(self, lock_dir: str = os.path.join(tempfile.gettempdir(), "zero_rl_sandbox")):
+        self._lock, self._lock_dir = threading.Lock(), lock_dir
+        self._held: dict[int, int] = {}  # uid -> the descriptor that holds its lock
+        self._next = os.getpid() % _MAX_SLOTS  # processes start their search apart
 
     def take(self) -> int:
         with self._lock:
-            if not self._free:
-                raise RuntimeError(f"over {_MAX_SLOTS} programs running at once")
-            return UID_BASE + self._free.pop()
+            os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
+            for i in range(_MAX_SLOTS):
+                slot = (self._next + i) % _MAX_SLOTS
+                uid = UID_BASE + slot
+                if uid in self._held:
+                    continue
+                fd = os.open(os.path.join(self._lock_dir, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._held[uid], self._next = fd, slot + 1
+                return uid
+            raise RuntimeError(f"over {_MAX_SLOTS} programs running at once")
 
     def give(self, uid: int) -> None:
         with self._lock:
-            self._free.append(uid - UID_BASE)
+            os.close(self._held.pop(uid))  # closing the descriptor releases the lock
 
 
 _SLOTS = _Slots()
