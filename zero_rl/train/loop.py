@@ -28,7 +28,7 @@ from zero_rl.data import (
 from zero_rl.data.curriculum import Curriculum, CurriculumIterator
 from zero_rl.data.synthetic import sft_pairs
 from zero_rl.describe import write_description
-from zero_rl.eval import load_eval_sets, run_benchmarks
+from zero_rl.eval import run_benchmarks
 from zero_rl.eval.pass_rate import read_pass_rates
 from zero_rl.models import abstract_params, create_model, from_hf
 from zero_rl.models.config import RUNTIME_FIELDS
@@ -46,7 +46,6 @@ from zero_rl.train.metrics import (
 from zero_rl.train.rollout import RolloutCollector, collect
 from zero_rl.train.run import (
     Run,
-    benchmark_names,
     load_examples,
     resolve,
     save_config,
@@ -61,10 +60,8 @@ def _run_benchmarks(run: Run, params, step, *, writer, pool) -> None:
     """The chosen benchmarks (`config.eval`), one output directory per step; TensorBoard gets
     `eval/<benchmark>/accuracy` and friends."""
     config, e = run.config, run.config.eval
-    sets = load_eval_sets(benchmark_names(config), limit=e.limit or None,
-                          task_settings=config.data.tasks.to_dict())  # fmt: skip
     run_benchmarks(
-        run.graphdef, params, tokenizer=run.tokenizer, benchmarks=sets,
+        run.graphdef, params, tokenizer=run.tokenizer, benchmarks=run.benchmark_sets,
         out_dir=os.path.join(run.workdir, "eval", f"step_{step:06d}"), template=run.template,
         sampling=run.eval_sampling, num_samples=e.num_samples, limit=e.limit or None,
         batch_size=config.rl.num_prompts, reward=run.eval_reward_cfg, pool=pool,

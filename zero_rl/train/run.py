@@ -162,6 +162,7 @@ class Run:
     eval_reward_cfg: object  # grading of evaluation (eval.extraction: lenient by default)
     sampling: SamplingOptions  # the rollout's, with the template's stops
     eval_sampling: SamplingOptions  # evaluation's (eval.temperature, eval_max_new_tokens)
+    benchmark_sets: list  # eval.benchmarks' EvalSets, read once at set-up
 
     @property
     def tokenizer(self):
@@ -197,12 +198,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
                     drop=drop)
         for name, examples in zip(("data.train", "data.eval"), load_examples(config))
     )  # fmt: skip
-    if config.eval.benchmarks:  # names and prompt lengths now, not after the SFT stage
-        for eval_set in load_eval_sets(benchmark_names(config), limit=config.eval.limit or None,
-                                       task_settings=config.data.tasks.to_dict()):  # fmt: skip
-            fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
-                        max_prompt_len=max_len,
-                        name=f"eval.benchmarks {eval_set.name}")  # fmt: skip
+    # Names and prompt lengths checked now, not after the SFT stage; read once for the run.
+    benchmark_sets = load_eval_sets(benchmark_names(config), limit=config.eval.limit or None,
+                                    task_settings=config.data.tasks.to_dict())  # fmt: skip
+    for eval_set in benchmark_sets:
+        fit_prompts(eval_set.examples, tokenizer, template=eval_set.template or template,
+                    max_prompt_len=max_len,
+                    name=f"eval.benchmarks {eval_set.name}")  # fmt: skip
     tx, schedule = make_optimizer(
         config.optim, config.total_steps * opts.epochs * opts.num_minibatches
     )
@@ -217,6 +219,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> Run:
         eval_reward_cfg=config_lib.reward_config(config, evaluation=True),
         sampling=description.sampling_options(config),
         eval_sampling=description.sampling_options(config, evaluation=True),
+        benchmark_sets=benchmark_sets,
     )  # fmt: skip
 
 
